@@ -1,0 +1,31 @@
+# hessbench: cross every optimizer with every task at one scale, then report.
+#   snakemake --cores all                      # the default `cpu` scale
+#   snakemake --cores all --config scale=smoke # seconds-long smoke run
+from snakemake.utils import min_version
+
+from hessbench.workflows.config import resolve
+
+min_version("9.0")
+
+
+configfile: "workflows/config/default.yaml"
+
+
+# Validates the whole config (schema, optimizer and task names, hyperparameters) before the
+# DAG exists: a bad key stops here, before any job runs.
+PLAN = resolve(config)
+SCALE = PLAN.scale
+CELLS = PLAN.cells
+
+
+include: "workflows/rules/cells.smk"
+include: "workflows/rules/report.smk"
+
+
+rule all:
+    input:
+        f"results/{SCALE}/leaderboard.md",
+        f"results/{SCALE}/runs.parquet",
+        f"results/{SCALE}/figures/loss_vs_step.png",
+        f"results/{SCALE}/figures/loss_vs_wall.png",
+    default_target: True

@@ -1,0 +1,43 @@
+"""Every cell's files -> two tidy tables: ``runs`` (one row per logged step, with the cell's
+identity and status) and ``summaries`` (one row per cell)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+IDENTITY = ["scale", "task", "optimizer", "impl", "backend", "seed"]
+SUMMARY_FIELDS = IDENTITY + [
+    "status", "reason", "metric", "higher_is_better", "target", "n_params", "steps_done",
+    "final_metric", "best_metric", "final_val_loss", "final_train_loss", "steps_to_target",
+    "time_to_target_s", "forward_to_target", "wall_s", "eval_s", "loop_s", "harness_overhead",
+    "mean_step_s", "median_step_s", "peak_mem_bytes", "optimizer_state_bytes", "total_forward",
+    "total_backward", "total_hvp", "total_ggnvp",
+]
+
+
+def read_summary(path: Path) -> dict:
+    summary = json.loads(Path(path).read_text())
+    row = {key: summary.get(key) for key in SUMMARY_FIELDS}
+    row["git_sha"] = (summary.get("provenance") or {}).get("git_sha")
+    row["device_name"] = (summary.get("provenance") or {}).get("device_name")
+    row["cell_dir"] = str(Path(path).parent)
+    return row
+
+
+def aggregate(summary_paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    summaries = pd.DataFrame([read_summary(p) for p in summary_paths])
+    frames = []
+    for row in summaries.to_dict("records"):
+        metrics = Path(row["cell_dir"]) / "metrics.parquet"
+        if not metrics.exists():
+            continue
+        frame = pd.read_parquet(metrics)
+        if frame.empty:
+            continue
+        identity = {key: row[key] for key in IDENTITY + ["status"]}
+        frames.append(frame.assign(**identity)[[*identity, *frame.columns]])
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=IDENTITY)
+    return runs, summaries

@@ -1,0 +1,50 @@
+"""``hessbench-report``: the commands the report rules call (they read result files only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hessbench-report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    agg = sub.add_parser("aggregate", help="summary.json + metrics.parquet -> tidy tables")
+    agg.add_argument("summary_files", nargs="+", type=Path)
+    agg.add_argument("--runs", type=Path, required=True)
+    agg.add_argument("--summaries", type=Path, required=True)
+    board = sub.add_parser("leaderboard", help="summaries.parquet -> leaderboard.md")
+    board.add_argument("--summaries", type=Path, required=True)
+    board.add_argument("--out", type=Path, required=True)
+    figs = sub.add_parser("figures", help="runs.parquet -> loss-vs-step and -vs-wall PNGs")
+    figs.add_argument("--runs", type=Path, required=True)
+    figs.add_argument("--by-step", type=Path, required=True)
+    figs.add_argument("--by-wall", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "aggregate":
+        from .aggregate import aggregate
+
+        runs, summaries = aggregate(args.summary_files)
+        runs.to_parquet(args.runs, index=False)
+        summaries.to_parquet(args.summaries, index=False)
+        print(f"{len(summaries)} cells, {len(runs)} metric rows")
+    elif args.command == "leaderboard":
+        from .leaderboard import leaderboard_markdown
+
+        args.out.write_text(leaderboard_markdown(pd.read_parquet(args.summaries)))
+    else:
+        from .figures import loss_curves, save
+
+        runs = pd.read_parquet(args.runs)
+        args.by_step.parent.mkdir(parents=True, exist_ok=True)
+        save(loss_curves(runs, "step", "step"), args.by_step)
+        save(loss_curves(runs, "wall_s", "wall-clock seconds (training step only)"), args.by_wall)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

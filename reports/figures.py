@@ -1,0 +1,43 @@
+"""Loss curves: training and validation loss against steps and against wall-clock seconds,
+one panel per task, one colour per optimizer, a band (steps) or one line per seed (seconds)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+LOSSES = {"train_loss": "training loss (mini-batch)", "val_loss": "validation loss"}
+
+
+def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
+    tasks = sorted(runs["task"].unique())
+    fig, axes = plt.subplots(len(LOSSES), len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
+    for col, task in enumerate(tasks):
+        frame = runs[runs["task"] == task]
+        for row, (loss, label) in enumerate(LOSSES.items()):
+            ax = axes[row][col]
+            data = frame.dropna(subset=[loss])
+            data = data[data[loss] > 0]
+            if data.empty:
+                ax.set_axis_off()
+                continue
+            by_seed = x != "step"  # seeds do not share wall-clock x values: draw each
+            sns.lineplot(
+                data=data, x=x, y=loss, hue="optimizer", ax=ax,
+                units="seed" if by_seed else None, estimator=None if by_seed else "mean",
+                errorbar=None if by_seed else ("sd", 1), lw=1.2,
+            )
+            ax.set_yscale("log")
+            ax.set(title=task, xlabel=xlabel, ylabel=label)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path: str) -> None:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

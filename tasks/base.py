@@ -1,0 +1,51 @@
+"""The task contract: what a task hands the harness for one cell.
+
+A task module exposes ``Settings`` (a dataclass of its per-scale knobs, overridden by the YAML
+config), ``build(settings, seed, device) -> Problem`` and
+``infeasible(impl, settings) -> str | None`` (why an optimizer cannot run on it at these
+settings, checked before any data or model is loaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Problem:
+    model: nn.Module
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    likelihood: str  # "categorical" | "gaussian": the distribution the loss is the -log of
+    batches: Iterator[tuple[Tensor, Tensor]]  # endless, seeded
+    evaluate: Callable[[nn.Module], dict[str, float]]  # -> {"val_loss", "val_metric"}
+    metric: str  # name of val_metric, e.g. "accuracy"
+    higher_is_better: bool
+    target: float  # val_metric value that counts as reached
+    steps: int
+    eval_every: int
+
+
+def epoch_batches(
+    inputs: Tensor, targets: Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless shuffled mini-batches, a new permutation each epoch, last partial batch dropped
+    so every step sees the same batch size."""
+    n = len(inputs)
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
+    while True:
+        order = torch.randperm(n, generator=generator).to(inputs.device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            yield inputs[idx], targets[idx]
+
+
+def dtype_of(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"dtype {name!r} not in {sorted(dtypes)}")
+    return dtypes[name]

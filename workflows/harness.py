@@ -1,0 +1,252 @@
+"""Run one cell ``(scale, task, optimizer, backend, seed)``, measure it, write its results.
+
+The training step (next batch, the objective, ``optimizer.step``) is the only region that counts
+as wall clock; evaluation and logging are timed apart, and the harness's own bookkeeping is the
+remainder of the loop's elapsed time (reported as ``harness_overhead``). Oracle calls come from
+the objective's counters, never from the optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from hessbench.optimizers.torch.objective import Counters, Infeasible, Objective
+from hessbench.optimizers.torch.registry import build_config
+from hessbench.tasks.registry import TASKS
+
+from .config import Cell, task_settings
+from .measure import Clock, optimizer_state_bytes, peak_memory_bytes, reset_peak_memory
+from .results import provenance, write_json, write_parquet
+from .tracking import Tracker
+
+STATUSES = ("ok", "diverged", "oom", "infeasible", "error")
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _record(result: Any) -> dict[str, Any]:
+    """A step record: our optimizers return a dict; stock torch ones return the loss."""
+    if isinstance(result, dict):
+        return result
+    return {"loss": result}
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach()) if value.numel() == 1 else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class Run:
+    """The state of one cell while it trains."""
+
+    def __init__(self, cell: Cell, out_dir: Path, results_root: Path, track: bool = True):
+        self.cell, self.out_dir, self.results_root = cell, out_dir, results_root
+        self.rows: list[dict[str, Any]] = []
+        self.status, self.reason = "ok", None
+        self.counters = Counters()
+        self.track = track
+        self.tracker: Tracker | None = None
+        self.problem = None
+        self.optimizer = None
+        self.step_times: list[float] = []
+        self.loop_s = 0.0
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> None:
+        cell = self.cell
+        torch.set_num_threads(cell.threads)
+        self.device = pick_device(cell.device)
+        settings = task_settings(cell.task_module, cell.settings, f"cell {cell.path}")
+        opt_config = build_config(cell.impl, cell.hyperparameters, f"cell {cell.path}")
+        task = TASKS[cell.task_module]
+        why = task.infeasible(cell.impl, settings)
+        if why:
+            raise Infeasible(why)
+
+        problem = self.problem = task.build(settings, cell.seed, self.device)
+        params = [p for p in problem.model.parameters() if p.requires_grad]
+        self.n_params = sum(p.numel() for p in params)
+        optimizer = self.optimizer = opt_config.build(params)
+        if self.track:
+            self.tracker = Tracker(
+                project=cell.wandb_project,
+                name=cell.path.replace("/", "-"),
+                group=f"{cell.scale}/{cell.task}",
+                config=cell.__dict__,
+                cell_dir=self.out_dir,
+                results_root=self.results_root,
+            )
+
+        clock = Clock(self.device)
+        self.clock = clock
+        reset_peak_memory(self.device)
+        loop_start = time.perf_counter()
+        with clock.measure("eval"):
+            self._log(0, None, None, problem.evaluate(problem.model))
+        bar = tqdm(total=problem.steps, file=sys.stderr, mininterval=2.0, desc=cell.path)
+        try:
+            for step in range(1, problem.steps + 1):
+                before = clock.totals["step"]
+                with clock.measure("step"):
+                    batch = next(problem.batches)
+                    objective = Objective(
+                        problem.model, problem.loss_fn, batch, params, self.counters,
+                        problem.likelihood,
+                    )
+                    record = _record(optimizer.step(objective))
+                self.step_times.append(clock.totals["step"] - before)
+                loss = _scalar(record.get("loss"))
+                bar.update(1)
+                if loss is None or not math.isfinite(loss):
+                    self._log(step, loss, record, None)
+                    raise Diverged(f"non-finite training loss ({loss}) at step {step}")
+                evaluate = step % problem.eval_every == 0 or step == problem.steps
+                if evaluate:
+                    with clock.measure("eval"):
+                        metrics = problem.evaluate(problem.model)
+                    self._log(step, loss, record, metrics)
+                    with clock.measure("tracking"):
+                        if self.tracker:
+                            self.tracker.flush()
+                elif step % cell.log_every == 0:
+                    self._log(step, loss, record, None)
+        finally:
+            bar.close()
+            self.loop_s = time.perf_counter() - loop_start
+
+    def _log(self, step: int, loss: float | None, record: dict | None, metrics: dict | None) -> None:
+        group = self.optimizer.param_groups[0] if self.optimizer else {}
+        row = {
+            "step": step,
+            "wall_s": self.clock.totals["step"],
+            "train_loss": loss,
+            "val_loss": metrics["val_loss"] if metrics else None,
+            "val_metric": metrics["val_metric"] if metrics else None,
+            **self.counters.as_dict(),
+            "peak_mem_bytes": peak_memory_bytes(self.device),
+            "lr": group.get("lr"),
+        }
+        for key, value in (record or {}).items():
+            if key != "loss" and (number := _scalar(value)) is not None:
+                row[key] = number
+        self.rows.append(row)
+        if self.tracker:
+            self.tracker.add(row)
+
+    # -- results -----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        frame = pd.DataFrame(self.rows)
+        problem, cell = self.problem, self.cell
+        out: dict[str, Any] = {
+            "status": self.status,
+            "reason": self.reason,
+            "scale": cell.scale,
+            "task": cell.task,
+            "optimizer": cell.optimizer,
+            "impl": cell.impl,
+            "backend": cell.backend,
+            "seed": cell.seed,
+            "config": cell.__dict__,
+        }
+        if problem is None or frame.empty:
+            return out
+        evals = frame.dropna(subset=["val_metric"])
+        sign = 1 if problem.higher_is_better else -1
+        reached = evals[sign * evals["val_metric"] >= sign * problem.target]
+        first = reached.iloc[0] if len(reached) else None
+        step_s = pd.Series(self.step_times)
+        totals = self.clock.totals
+        outside = self.loop_s - totals["step"] - totals["eval"]
+        out.update(
+            metric=problem.metric,
+            higher_is_better=problem.higher_is_better,
+            target=problem.target,
+            n_params=self.n_params,
+            steps_done=int(frame["step"].max()),
+            final_metric=float(evals["val_metric"].iloc[-1]) if len(evals) else None,
+            best_metric=float(sign * (sign * evals["val_metric"]).max()) if len(evals) else None,
+            final_val_loss=float(evals["val_loss"].iloc[-1]) if len(evals) else None,
+            final_train_loss=_scalar(frame["train_loss"].dropna().iloc[-1])
+            if frame["train_loss"].notna().any()
+            else None,
+            steps_to_target=int(first["step"]) if first is not None else None,
+            time_to_target_s=float(first["wall_s"]) if first is not None else None,
+            forward_to_target=int(first["forward"]) if first is not None else None,
+            wall_s=totals["step"],
+            eval_s=totals["eval"],
+            loop_s=self.loop_s,
+            harness_overhead=outside / self.loop_s if self.loop_s > 0 else None,
+            mean_step_s=float(step_s.mean()) if len(step_s) else None,
+            median_step_s=float(step_s.median()) if len(step_s) else None,
+            peak_mem_bytes=int(frame["peak_mem_bytes"].max()),
+            optimizer_state_bytes=optimizer_state_bytes(self.optimizer),
+            **{f"total_{k}": v for k, v in self.counters.as_dict().items()},
+        )
+        return out
+
+
+def run_cell(cell: Cell, out_dir: Path, results_root: Path | None = None, track: bool = True) -> dict:
+    """Train one cell and write ``metrics.parquet`` then ``summary.json`` (the commit marker)
+    into ``out_dir``. A failure is recorded in the summary, never raised."""
+    out_dir = Path(out_dir)
+    results_root = Path(results_root) if results_root else out_dir
+    run = Run(cell, out_dir, results_root, track=track)
+    try:
+        run.train()
+    except Infeasible as err:
+        run.status, run.reason = "infeasible", str(err)
+    except Diverged as err:
+        run.status, run.reason = "diverged", str(err)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        run.status, run.reason = "oom", f"{type(err).__name__}: {err}"
+    except Exception as err:  # any other failure ends this cell only
+        traceback.print_exc()
+        run.status, run.reason = "error", f"{type(err).__name__}: {err}"
+    device = getattr(run, "device", torch.device("cpu"))
+    summary = run.summary()
+    summary["provenance"] = provenance(device, cell.seed)
+    if run.tracker:
+        summary["wandb_run_dir"] = run.tracker.run_dir
+        run.tracker.finish({k: v for k, v in summary.items() if k != "config"})
+    write_parquet(out_dir / "metrics.parquet", _metrics_frame(run.rows))
+    write_json(out_dir / "summary.json", summary)
+    print(f"{cell.path}: {summary['status']}" + (f" ({summary['reason']})" if summary["reason"] else ""),
+          file=sys.stderr)
+    return summary
+
+
+METRIC_COLUMNS = ["step", "wall_s", "train_loss", "val_loss", "val_metric", "forward", "backward",
+                  "hvp", "ggnvp", "peak_mem_bytes", "lr"]
+
+
+def _metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for column in METRIC_COLUMNS:
+        if column not in frame:
+            frame[column] = pd.Series(dtype="float64")
+    float_cols = [c for c in frame.columns if c not in ("step", "forward", "backward", "hvp", "ggnvp",
+                                                        "peak_mem_bytes")]
+    frame[float_cols] = frame[float_cols].astype("float64")
+    return frame

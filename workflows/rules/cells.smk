@@ -1,0 +1,25 @@
+# One job per cell (scale, task, optimizer, backend, seed). The harness always writes
+# summary.json (failures included, with their status), so one bad cell never stops the sweep.
+
+
+def cell_json(wildcards):
+    return PLAN.cell(wildcards.task, wildcards.optimizer, wildcards.backend, wildcards.seed).to_json()
+
+
+rule cell:
+    output:
+        summary="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/summary.json",
+        metrics="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/metrics.parquet",
+    log:
+        "results/{scale}/logs/{task}/{optimizer}/{backend}/seed{seed}.log",
+    params:
+        cell=cell_json,
+        out=subpath(output.summary, parent=True),
+    wildcard_constraints:
+        seed=r"\d+",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "hessbench-cell --cell {params.cell:q} --out {params.out:q} "
+        "--results-root results > {log:q} 2>&1"

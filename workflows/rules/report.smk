@@ -1,0 +1,40 @@
+# Reports read result files only: the summary.json and metrics.parquet of this scale's cells.
+
+SUMMARIES = [f"results/{c.path}/summary.json" for c in CELLS]
+
+
+rule aggregate:
+    input:
+        SUMMARIES,
+    output:
+        runs=f"results/{SCALE}/runs.parquet",
+        summaries=f"results/{SCALE}/summaries.parquet",
+    log:
+        f"results/{SCALE}/logs/aggregate.log",
+    shell:
+        "hessbench-report aggregate {input:q} --runs {output.runs:q} "
+        "--summaries {output.summaries:q} > {log:q} 2>&1"
+
+
+rule leaderboard:
+    input:
+        summaries=f"results/{SCALE}/summaries.parquet",
+    output:
+        f"results/{SCALE}/leaderboard.md",
+    log:
+        f"results/{SCALE}/logs/leaderboard.log",
+    shell:
+        "hessbench-report leaderboard --summaries {input.summaries:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        runs=f"results/{SCALE}/runs.parquet",
+    output:
+        step=f"results/{SCALE}/figures/loss_vs_step.png",
+        wall=f"results/{SCALE}/figures/loss_vs_wall.png",
+    log:
+        f"results/{SCALE}/logs/figures.log",
+    shell:
+        "MPLBACKEND=Agg hessbench-report figures --runs {input.runs:q} "
+        "--by-step {output.step:q} --by-wall {output.wall:q} > {log:q} 2>&1"

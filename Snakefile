@@ -8,7 +8,7 @@ from hessbench.workflows.config import resolve
 min_version("9.0")
 
 
-configfile: "workflows/config/default.yaml"
+configfile: f"{workflow.basedir}/workflows/config/default.yaml"
 
 
 # Validates the whole config (schema, optimizer and task names, hyperparameters) before the

@@ -10,17 +10,41 @@ import pandas as pd
 
 IDENTITY = ["scale", "task", "optimizer", "impl", "backend", "seed"]
 SUMMARY_FIELDS = IDENTITY + [
-    "status", "reason", "metric", "higher_is_better", "target", "n_params", "steps_done",
-    "final_metric", "best_metric", "final_val_loss", "final_train_loss", "steps_to_target",
-    "time_to_target_s", "forward_to_target", "wall_s", "eval_s", "loop_s", "harness_overhead",
-    "mean_step_s", "median_step_s", "peak_mem_bytes", "optimizer_state_bytes", "total_forward",
-    "total_backward", "total_hvp", "total_ggnvp",
+    "status",
+    "reason",
+    "metric",
+    "higher_is_better",
+    "target",
+    "n_params",
+    "steps_done",
+    "final_metric",
+    "best_metric",
+    "final_val_loss",
+    "final_train_loss",
+    "steps_to_target",
+    "time_to_target_s",
+    "forward_to_target",
+    "wall_s",
+    "eval_s",
+    "tracking_s",
+    "loop_s",
+    "harness_overhead",
+    "mean_step_s",
+    "median_step_s",
+    "peak_mem_bytes",
+    "optimizer_state_bytes",
+    "total_forward",
+    "total_backward",
+    "total_hvp",
+    "total_ggnvp",
 ]
 
 
 def read_summary(path: Path) -> dict:
     summary = json.loads(Path(path).read_text())
     row = {key: summary.get(key) for key in SUMMARY_FIELDS}
+    settings = (summary.get("config") or {}).get("settings") or {}
+    row["batch_size"] = settings.get("batch_size")
     row["git_sha"] = (summary.get("provenance") or {}).get("git_sha")
     row["device_name"] = (summary.get("provenance") or {}).get("device_name")
     row["cell_dir"] = str(Path(path).parent)

@@ -28,9 +28,15 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
                 continue
             by_seed = x != "step"  # seeds do not share wall-clock x values: draw each
             sns.lineplot(
-                data=data, x=x, y=loss, hue="optimizer", ax=ax,
-                units="seed" if by_seed else None, estimator=None if by_seed else "mean",
-                errorbar=None if by_seed else ("sd", 1), lw=1.2,
+                data=data,
+                x=x,
+                y=loss,
+                hue="optimizer",
+                ax=ax,
+                units="seed" if by_seed else None,
+                estimator=None if by_seed else "mean",
+                errorbar=None if by_seed else ("sd", 1),
+                lw=1.2,
             )
             ax.set_yscale("log")
             ax.set(title=task, xlabel=xlabel, ylabel=label)

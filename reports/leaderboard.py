@@ -22,7 +22,11 @@ def _mean_std(values: pd.Series, fmt: str) -> str:
 
 def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per optimizer entry of one task, in rank order, with display columns."""
-    higher = bool(cells["higher_is_better"].dropna().iloc[0]) if cells["higher_is_better"].notna().any() else True
+    higher = (
+        bool(cells["higher_is_better"].dropna().iloc[0])
+        if cells["higher_is_better"].notna().any()
+        else True
+    )
     rows = []
     for optimizer, group in cells.groupby("optimizer", sort=False):
         ok = group[group["status"] == "ok"]
@@ -30,28 +34,36 @@ def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
         reached = ok["time_to_target_s"].notna().sum()
         all_reached = len(ok) == len(group) and reached == len(group)
         final = ok["final_metric"].astype(float)
-        rows.append({
-            "optimizer": optimizer,
-            "impl": group["impl"].iloc[0],
-            "seeds": len(group),
-            "status": "ok" if failed.empty else ", ".join(
-                f"{s}: {r}" for s, r in zip(failed["status"], failed["reason"], strict=True)
-            ),
-            "time to target (s)": _mean_std(ok["time_to_target_s"], ".2f") if all_reached
-            else f"not reached ({reached}/{len(group)})",
-            "steps to target": _mean_std(ok["steps_to_target"], ".0f") if all_reached else "–",
-            "forward passes to target": _mean_std(ok["forward_to_target"], ".0f") if all_reached else "–",
-            "final metric": _mean_std(final, ".4f"),
-            "final val loss": _mean_std(ok["final_val_loss"], ".4f"),
-            "peak mem (MiB)": _mean_std(group["peak_mem_bytes"] / 2**20, ".0f"),
-            "opt. state (KiB)": _mean_std(group["optimizer_state_bytes"] / 2**10, ".1f"),
-            "step (ms)": _mean_std(ok["median_step_s"] * 1e3, ".3f"),
-            "_key": (
-                0 if all_reached else (1 if failed.empty else 2),
-                ok["time_to_target_s"].mean() if all_reached else 0.0,
-                -(final.mean() if higher else -final.mean()) if len(final) else math.inf,
-            ),
-        })
+        rows.append(
+            {
+                "optimizer": optimizer,
+                "impl": group["impl"].iloc[0],
+                "seeds": len(group),
+                "batch": ", ".join(str(int(b)) for b in group["batch_size"].dropna().unique()),
+                "status": "ok"
+                if failed.empty
+                else ", ".join(
+                    f"{s}: {r}" for s, r in zip(failed["status"], failed["reason"], strict=True)
+                ),
+                "time to target (s)": _mean_std(ok["time_to_target_s"], ".2f")
+                if all_reached
+                else f"not reached ({reached}/{len(group)})",
+                "steps to target": _mean_std(ok["steps_to_target"], ".0f") if all_reached else "–",
+                "forward passes to target": _mean_std(ok["forward_to_target"], ".0f")
+                if all_reached
+                else "–",
+                "final metric": _mean_std(final, ".4f"),
+                "final val loss": _mean_std(ok["final_val_loss"], ".4f"),
+                "peak mem (MiB)": _mean_std(group["peak_mem_bytes"] / 2**20, ".0f"),
+                "opt. state (KiB)": _mean_std(group["optimizer_state_bytes"] / 2**10, ".1f"),
+                "step (ms)": _mean_std(ok["median_step_s"] * 1e3, ".3f"),
+                "_key": (
+                    0 if all_reached else (1 if failed.empty else 2),
+                    ok["time_to_target_s"].mean() if all_reached else 0.0,
+                    -(final.mean() if higher else -final.mean()) if len(final) else math.inf,
+                ),
+            }
+        )
     table = pd.DataFrame(rows).sort_values("_key", kind="stable").drop(columns="_key")
     table.insert(0, "rank", range(1, len(table) + 1))
     return table
@@ -68,9 +80,16 @@ def leaderboard_markdown(summaries: pd.DataFrame) -> str:
         known = cells.dropna(subset=["metric"])
         metric = known["metric"].iloc[0] if len(known) else "metric"
         target = known["target"].iloc[0] if len(known) else None
-        direction = "higher" if (known["higher_is_better"].iloc[0] if len(known) else True) else "lower"
-        parts += ["", f"## {task}", "",
-                  f"Metric: {metric} ({direction} is better), target {target}; "
-                  f"{cells['seed'].nunique()} seed(s).", ""]
+        direction = (
+            "higher" if (known["higher_is_better"].iloc[0] if len(known) else True) else "lower"
+        )
+        parts += [
+            "",
+            f"## {task}",
+            "",
+            f"Metric: {metric} ({direction} is better), target {target}; "
+            f"{cells['seed'].nunique()} seed(s).",
+            "",
+        ]
         parts.append(rank_task(cells).to_markdown(index=False))
     return "\n".join(parts) + "\n"

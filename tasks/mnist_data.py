@@ -58,6 +58,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
     rank = raw[3]
     header = 4 + 4 * rank
+    if len(raw) < header:
+        raise DataError(f"{path}: corrupt IDX file: cut inside its {header}-byte header")
     dims = struct.unpack(f">{rank}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = header + int(np.prod(dims)) * dtype.itemsize
@@ -82,7 +84,9 @@ def _check_hash(path: Path) -> None:
         return  # an uncompressed user copy: the IDX header check still guards it
     got = hashlib.sha256(path.read_bytes()).hexdigest()
     if got != want:
-        raise DataError(f"{path}: corrupt MNIST file (sha256 {got[:12]}..., expected {want[:12]}...)")
+        raise DataError(
+            f"{path}: corrupt MNIST file (sha256 {got[:12]}..., expected {want[:12]}...)"
+        )
 
 
 def load_mnist(folder: str | Path | None = None) -> dict[str, np.ndarray]:
@@ -96,8 +100,10 @@ def load_mnist(folder: str | Path | None = None) -> dict[str, np.ndarray]:
     for split in ("train", "test"):
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab or arrays[f"{split}_images"].shape[1:] != (28, 28):
-            raise DataError(f"MNIST {split}: {n_img} images of shape "
-                            f"{arrays[f'{split}_images'].shape[1:]} vs {n_lab} labels")
+            raise DataError(
+                f"MNIST {split}: {n_img} images of shape "
+                f"{arrays[f'{split}_images'].shape[1:]} vs {n_lab} labels"
+            )
         if arrays[f"{split}_labels"].max() > 9:
             raise DataError(f"MNIST {split}: labels outside 0..9")
     return arrays

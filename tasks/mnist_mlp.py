@@ -31,6 +31,17 @@ class Settings:
     dtype: str = "float32"
     data_dir: str | None = None  # a folder of the four IDX files; None: the bundled copy
 
+    def __post_init__(self):
+        positive = ("batch_size", "steps", "eval_every", "train_size", "test_size")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.train_size is not None and self.batch_size > self.train_size:
+            raise ValueError(f"batch_size {self.batch_size} exceeds train_size {self.train_size}")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a list of positive widths, got {self.hidden!r}")
+
 
 def mlp(hidden: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
@@ -58,7 +69,9 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
     x_train, y_train = _tensors(
         data["train_images"], data["train_labels"], settings.train_size, device, dtype
     )
-    x_test, y_test = _tensors(data["test_images"], data["test_labels"], settings.test_size, device, dtype)
+    x_test, y_test = _tensors(
+        data["test_images"], data["test_labels"], settings.test_size, device, dtype
+    )
 
     torch.manual_seed(seed)
     model = mlp(tuple(settings.hidden)).to(device=device, dtype=dtype)

@@ -19,8 +19,11 @@ from .harness import run_cell
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hessbench-cell", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hessbench-cell",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--cell", help="the cell as JSON (what the Snakefile passes)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--scale")
@@ -29,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="the cell's results folder")
-    parser.add_argument("--results-root", type=Path, default=None,
-                        help="where W&B's cache/config folders go (default: results/ above --out)")
+    parser.add_argument(
+        "--results-root",
+        type=Path,
+        default=None,
+        help="where W&B's cache/config folders go (default: results/ above --out)",
+    )
     parser.add_argument("--no-wandb", action="store_true", help="skip the W&B run")
     args = parser.parse_args(argv)
 
@@ -40,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.task and args.optimizer):
             parser.error("give --cell, or --task and --optimizer (with --scale)")
         overrides = {"scale": args.scale} if args.scale else {}
-        cell = load(args.config, **overrides).cell(args.task, args.optimizer, args.backend, args.seed)
+        cell = load(args.config, **overrides).cell(
+            args.task, args.optimizer, args.backend, args.seed
+        )
     root = args.results_root or _results_root(args.out)
     summary = run_cell(cell, args.out, root, track=not args.no_wandb)
     return 0 if summary["status"] in ("ok", "diverged", "infeasible", "oom", "error") else 1

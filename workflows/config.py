@@ -102,7 +102,9 @@ def resolve(config: dict[str, Any]) -> Plan:
     validate(config)
     scale = config["scale"]
     if scale not in config["scales"]:
-        raise ConfigError(f"config error at scale: {scale!r} is not one of {sorted(config['scales'])}")
+        raise ConfigError(
+            f"config error at scale: {scale!r} is not one of {sorted(config['scales'])}"
+        )
     optimizers = {}
     for name, entry in config["optimizers"].items():
         hyper = {k: v for k, v in entry.items() if k != "impl"}
@@ -113,14 +115,27 @@ def resolve(config: dict[str, Any]) -> Plan:
         for tname, entry in scale_cfg["tasks"].items():
             module = entry.get("task", tname)
             values = {k: v for k, v in entry.items() if k != "task"}
-            where = f"config error at scales.{sname}.tasks.{tname}"
-            settings = task_settings(module, values, where)
+            task_settings(module, values, f"config error at scales.{sname}.tasks.{tname}")
             if sname == scale:
-                tasks[tname] = (module, dataclasses.asdict(settings))
+                tasks[tname] = (module, values)
     scale_cfg = config["scales"][scale]
+    per_optimizer = scale_cfg.get("optimizer_settings", {})
+    for name in per_optimizer:
+        if name not in optimizers:
+            raise ConfigError(
+                f"config error at scales.{scale}.optimizer_settings.{name}: "
+                f"no optimizer entry {name!r}"
+            )
     plan = Plan(scale=scale)
-    grid = itertools.product(tasks.items(), optimizers.items(), config["backends"], scale_cfg["seeds"])
-    for (tname, (module, settings)), (oname, (impl, hyper)), backend, seed in grid:
+    grid = itertools.product(
+        tasks.items(), optimizers.items(), config["backends"], scale_cfg["seeds"]
+    )
+    for (tname, (module, values)), (oname, (impl, hyper)), backend, seed in grid:
+        # An optimizer's settings at this scale (e.g. L-BFGS's larger batch) override the task's.
+        own = per_optimizer.get(oname, {})
+        where = f"config error at scales.{scale}.optimizer_settings.{oname} (task {tname})"
+        settings = dataclasses.asdict(task_settings(module, {**values, **own}, where))
+        settings = json.loads(json.dumps(settings))  # the form a cell has after its JSON trip
         plan.cells.append(
             Cell(
                 scale=scale,

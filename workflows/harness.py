@@ -70,7 +70,6 @@ class Run:
         self.tracker: Tracker | None = None
         self.problem = None
         self.optimizer = None
-        self.step_times: list[float] = []
         self.loop_s = 0.0
 
     # -- the loop ----------------------------------------------------------------------------
@@ -108,22 +107,19 @@ class Run:
         bar = tqdm(total=problem.steps, file=sys.stderr, mininterval=2.0, desc=cell.path)
         try:
             for step in range(1, problem.steps + 1):
-                before = clock.totals["step"]
-                with clock.measure("step"):
-                    batch = next(problem.batches)
-                    objective = Objective(
-                        problem.model, problem.loss_fn, batch, params, self.counters,
-                        problem.likelihood,
-                    )
-                    record = _record(optimizer.step(objective))
-                self.step_times.append(clock.totals["step"] - before)
+                start = clock.start()  # the measured training step: batch, objective, update
+                batch = next(problem.batches)
+                objective = Objective(
+                    problem.model, problem.loss_fn, batch, params, self.counters, problem.likelihood
+                )
+                record = _record(optimizer.step(objective))
+                clock.stop("step", start)
                 loss = _scalar(record.get("loss"))
                 bar.update(1)
                 if loss is None or not math.isfinite(loss):
                     self._log(step, loss, record, None)
                     raise Diverged(f"non-finite training loss ({loss}) at step {step}")
-                evaluate = step % problem.eval_every == 0 or step == problem.steps
-                if evaluate:
+                if step % problem.eval_every == 0 or step == problem.steps:
                     with clock.measure("eval"):
                         metrics = problem.evaluate(problem.model)
                     self._log(step, loss, record, metrics)
@@ -136,7 +132,9 @@ class Run:
             bar.close()
             self.loop_s = time.perf_counter() - loop_start
 
-    def _log(self, step: int, loss: float | None, record: dict | None, metrics: dict | None) -> None:
+    def _log(
+        self, step: int, loss: float | None, record: dict | None, metrics: dict | None
+    ) -> None:
         group = self.optimizer.param_groups[0] if self.optimizer else {}
         row = {
             "step": step,
@@ -176,9 +174,8 @@ class Run:
         sign = 1 if problem.higher_is_better else -1
         reached = evals[sign * evals["val_metric"] >= sign * problem.target]
         first = reached.iloc[0] if len(reached) else None
-        step_s = pd.Series(self.step_times)
         totals = self.clock.totals
-        outside = self.loop_s - totals["step"] - totals["eval"]
+        outside = self.loop_s - totals["step"] - totals["eval"] - totals["tracking"]
         out.update(
             metric=problem.metric,
             higher_is_better=problem.higher_is_better,
@@ -197,9 +194,10 @@ class Run:
             wall_s=totals["step"],
             eval_s=totals["eval"],
             loop_s=self.loop_s,
+            tracking_s=totals["tracking"],
             harness_overhead=outside / self.loop_s if self.loop_s > 0 else None,
-            mean_step_s=float(step_s.mean()) if len(step_s) else None,
-            median_step_s=float(step_s.median()) if len(step_s) else None,
+            mean_step_s=self.clock.mean("step"),
+            median_step_s=self.clock.median("step"),
             peak_mem_bytes=int(frame["peak_mem_bytes"].max()),
             optimizer_state_bytes=optimizer_state_bytes(self.optimizer),
             **{f"total_{k}": v for k, v in self.counters.as_dict().items()},
@@ -207,7 +205,9 @@ class Run:
         return out
 
 
-def run_cell(cell: Cell, out_dir: Path, results_root: Path | None = None, track: bool = True) -> dict:
+def run_cell(
+    cell: Cell, out_dir: Path, results_root: Path | None = None, track: bool = True
+) -> dict:
     """Train one cell and write ``metrics.parquet`` then ``summary.json`` (the commit marker)
     into ``out_dir``. A failure is recorded in the summary, never raised."""
     out_dir = Path(out_dir)
@@ -232,13 +232,27 @@ def run_cell(cell: Cell, out_dir: Path, results_root: Path | None = None, track:
         run.tracker.finish({k: v for k, v in summary.items() if k != "config"})
     write_parquet(out_dir / "metrics.parquet", _metrics_frame(run.rows))
     write_json(out_dir / "summary.json", summary)
-    print(f"{cell.path}: {summary['status']}" + (f" ({summary['reason']})" if summary["reason"] else ""),
-          file=sys.stderr)
+    print(
+        f"{cell.path}: {summary['status']}"
+        + (f" ({summary['reason']})" if summary["reason"] else ""),
+        file=sys.stderr,
+    )
     return summary
 
 
-METRIC_COLUMNS = ["step", "wall_s", "train_loss", "val_loss", "val_metric", "forward", "backward",
-                  "hvp", "ggnvp", "peak_mem_bytes", "lr"]
+METRIC_COLUMNS = [
+    "step",
+    "wall_s",
+    "train_loss",
+    "val_loss",
+    "val_metric",
+    "forward",
+    "backward",
+    "hvp",
+    "ggnvp",
+    "peak_mem_bytes",
+    "lr",
+]
 
 
 def _metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -246,7 +260,10 @@ def _metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in METRIC_COLUMNS:
         if column not in frame:
             frame[column] = pd.Series(dtype="float64")
-    float_cols = [c for c in frame.columns if c not in ("step", "forward", "backward", "hvp", "ggnvp",
-                                                        "peak_mem_bytes")]
+    float_cols = [
+        c
+        for c in frame.columns
+        if c not in ("step", "forward", "backward", "hvp", "ggnvp", "peak_mem_bytes")
+    ]
     frame[float_cols] = frame[float_cols].astype("float64")
     return frame

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -19,25 +21,48 @@ class Clock:
     def __init__(self, device: torch.device):
         self._sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.totals: dict[str, float] = defaultdict(float)
+        self.samples: dict[str, list[float]] = defaultdict(list)
+
+    def start(self) -> float:
+        self._sync()
+        return time.perf_counter()
+
+    def stop(self, region: str, start: float) -> None:
+        self._sync()
+        elapsed = time.perf_counter() - start
+        self.totals[region] += elapsed
+        self.samples[region].append(elapsed)
 
     @contextmanager
     def measure(self, region: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
+        start = self.start()
         try:
             yield
         finally:
-            self._sync()
-            self.totals[region] += time.perf_counter() - start
+            self.stop(region, start)
+
+    def mean(self, region: str) -> float | None:
+        samples = self.samples.get(region)
+        return statistics.fmean(samples) if samples else None
+
+    def median(self, region: str) -> float | None:
+        samples = self.samples.get(region)
+        return statistics.median(samples) if samples else None
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak afresh, so set-up transients (e.g. decompressing a data set) don't count."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the peak RSS (VmHWM, which ru_maxrss reads) to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak counts from process start
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: peak allocated by torch. CPU: the process's peak resident set size."""
+    """CUDA: peak bytes allocated by torch. CPU: the process's peak resident set size."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -19,8 +19,11 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 def point_wandb_into(cell_dir: Path, results_root: Path) -> None:
     """W&B writes into the home folder unless told otherwise: keep it inside ``results/``."""
     os.environ["WANDB_DIR"] = str(cell_dir)
-    for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
-                     ("WANDB_CONFIG_DIR", "config")):
+    for var, sub in (
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CONFIG_DIR", "config"),
+    ):
         os.environ.setdefault(var, str(results_root / ".wandb" / sub))
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -30,8 +33,9 @@ class Tracker:
     """Buffers metric rows and sends them to W&B in batches (at evaluations and at the end),
     so the per-call cost of ``wandb.log`` stays off the training loop's hot path."""
 
-    def __init__(self, project: str, name: str, group: str, config: dict, cell_dir: Path,
-                 results_root: Path):
+    def __init__(
+        self, project: str, name: str, group: str, config: dict, cell_dir: Path, results_root: Path
+    ):
         point_wandb_into(cell_dir, results_root)
         import wandb  # imported late: WANDB_* must be set first
 
@@ -104,10 +108,12 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
         record = pb.Record()
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
-            rows.append({
-                (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                for item in record.history.item
-            })
+            rows.append(
+                {
+                    (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
     return rows
 
 

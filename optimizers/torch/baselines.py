@@ -42,7 +42,11 @@ class AdamWConfig:
 
     def build(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            params, lr=self.lr, betas=tuple(self.betas), eps=self.eps, weight_decay=self.weight_decay
+            params,
+            lr=self.lr,
+            betas=tuple(self.betas),
+            eps=self.eps,
+            weight_decay=self.weight_decay,
         )
 
 

@@ -8,13 +8,16 @@ optimizer's own word).
 
 Vectors (``v`` in ``hvp``/``ggnvp``, the gradients returned by ``loss_and_grad``) are tuples of
 tensors aligned with :attr:`Objective.params`, the same list of tensors the optimizer was built
-with. Curvature products use ``torch.func`` (forward-over-reverse for HVPs, JVP then VJP for
-GGN products), so no ``create_graph=True`` cycle through ``p.grad`` can leak memory.
+with. Curvature products use ``torch.func`` (the VJP of the gradient for HVPs; a JVP of the
+network, the output-Hessian product, then a VJP for GGN products), so no ``create_graph=True``
+cycle through ``p.grad`` can leak memory. They are reverse-over-reverse on purpose: forward
+mode through ``F.mse_loss``'s backward raises in torch 2.13 (pytorch/pytorch#123996).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -27,6 +30,18 @@ Vector = tuple[Tensor, ...]
 # Gaussian likelihood whose negative log matches mean squared error up to a constant: with
 # variance 1/2, E[g g^T] over sampled targets equals the GGN divided by the number of outputs.
 GAUSSIAN_VARIANCE = 0.5
+
+
+# Parameter names and buffers of each model, computed once: an Objective is built every step
+# and walking the module tree each time would be charged to the step's wall clock.
+_MODEL_INDEX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _index(model: nn.Module) -> tuple[dict[int, str], dict[str, Tensor]]:
+    if model not in _MODEL_INDEX:
+        names = {id(p): name for name, p in model.named_parameters()}
+        _MODEL_INDEX[model] = (names, dict(model.named_buffers()))
+    return _MODEL_INDEX[model]
 
 
 class Infeasible(RuntimeError):
@@ -69,12 +84,14 @@ class Objective:
         self.params = tuple(params)
         self.counters = counters if counters is not None else Counters()
         self.likelihood = likelihood
-        by_id = {id(p): name for name, p in model.named_parameters()}
-        missing = [i for i, p in enumerate(self.params) if id(p) not in by_id]
-        if missing:
-            raise ValueError(f"params at positions {missing} are not parameters of the model")
-        self._names = tuple(by_id[id(p)] for p in self.params)
-        self._buffers = dict(model.named_buffers())
+        by_id, self._buffers = _index(model)
+        try:
+            self._names = tuple(by_id[id(p)] for p in self.params)
+        except KeyError:
+            missing = [i for i, p in enumerate(self.params) if id(p) not in by_id]
+            raise ValueError(
+                f"params at positions {missing} are not parameters of the model"
+            ) from None
 
     # -- the standard closure -------------------------------------------------------------
     def __call__(self) -> Tensor:
@@ -119,8 +136,10 @@ class Objective:
 
     # -- second order -----------------------------------------------------------------------
     def hvp(self, v: Sequence[Tensor]) -> Vector:
-        """Hessian-vector product ``H v`` (forward-over-reverse)."""
-        _, hv = jvp(grad(self._loss_of), (self._primal(),), (self._as_dict(v),))
+        """Hessian-vector product ``H v`` (reverse-over-reverse: H is symmetric, so the VJP of
+        the gradient is H v)."""
+        _, pullback = vjp(grad(self._loss_of), self._primal())
+        (hv,) = pullback(self._as_dict(v))
         self.counters.hvp += 1
         return tuple(hv[n] for n in self._names)
 
@@ -128,8 +147,8 @@ class Objective:
         """Generalised Gauss-Newton product ``J^T H_out J v``: no second derivative of the net."""
         primal = self._primal()
         out, jv = jvp(self._outputs_of, (primal,), (self._as_dict(v),))
-        out = out.detach()
-        _, hjv = jvp(grad(lambda o: self.loss_fn(o, self.targets)), (out,), (jv,))
+        _, output_pullback = vjp(grad(lambda o: self.loss_fn(o, self.targets)), out.detach())
+        (hjv,) = output_pullback(jv)
         _, pullback = vjp(self._outputs_of, primal)
         (gv,) = pullback(hjv)
         self.counters.ggnvp += 1
@@ -151,12 +170,13 @@ class Objective:
             )
         shapes = [p.shape for p in self.params]
         sizes = [p.numel() for p in self.params]
-        primal = self._primal()
-        grad_fn = grad(self._loss_of)
+        _, pullback = vjp(grad(self._loss_of), self._primal())
 
         def column(e: Tensor) -> Tensor:
-            tangent = self._as_dict([t.view(s) for t, s in zip(e.split(sizes), shapes, strict=True)])
-            _, hv = jvp(grad_fn, (primal,), (tangent,))
+            tangent = self._as_dict(
+                [t.view(s) for t, s in zip(e.split(sizes), shapes, strict=True)]
+            )
+            (hv,) = pullback(tangent)
             return torch.cat([hv[n].reshape(-1) for n in self._names])
 
         eye = torch.eye(d, dtype=dtype, device=self.params[0].device)

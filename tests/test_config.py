@@ -1,0 +1,72 @@
+"""The grid config: bad input fails with one error naming the key, before any work."""
+
+import copy
+
+import pytest
+import yaml
+
+from hessbench.optimizers.torch.registry import ConfigError
+from hessbench.workflows.config import DEFAULT_CONFIG, Cell, resolve
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def test_default_config_crosses_every_scale(config):
+    for scale, body in config["scales"].items():
+        plan = resolve({**config, "scale": scale})
+        expected = len(body["tasks"]) * len(config["optimizers"]) * len(body["seeds"])
+        assert len(plan.cells) == expected * len(config["backends"])
+        assert len({c.path for c in plan.cells}) == len(plan.cells)
+
+
+def test_cpu_scale_has_seed_003_model_and_wide_model(config):
+    cells = resolve(config).cells
+    hidden = {c.task: tuple(c.settings["hidden"]) for c in cells}
+    assert hidden == {"mnist_mlp": (128,), "mnist_mlp_h10": (10,)}
+    assert {c.settings["batch_size"] for c in cells if c.optimizer == "sgd"} == {64}
+
+
+def test_optimizer_settings_override_the_task_for_that_optimizer_only(config):
+    cells = resolve(config).cells
+    lbfgs = {c.settings["batch_size"] for c in cells if c.optimizer == "lbfgs"}
+    others = {c.settings["batch_size"] for c in cells if c.optimizer != "lbfgs"}
+    assert lbfgs == {config["scales"]["cpu"]["optimizer_settings"]["lbfgs"]["batch_size"]}
+    assert others == {64}
+
+
+def test_cell_json_round_trip(config):
+    cell = resolve(config).cells[0]
+    assert Cell.from_json(cell.to_json()) == cell
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: c["optimizers"].update(newton9={"impl": "newton9"}), "optimizers.newton9.impl"),
+        (lambda c: c["optimizers"]["sgd"].update(lr=-0.1), "optimizers.sgd.lr"),
+        (lambda c: c["optimizers"]["sgd"].update(lr=0), "optimizers.sgd.lr"),
+        (lambda c: c["optimizers"]["adamw"].update(betas=[0.9, 1.5]), "optimizers.adamw.betas"),
+        (lambda c: c["optimizers"]["sgd"].update(momentom=0.9), "optimizers.sgd.momentom"),
+        (lambda c: c.update(scale="huge"), "scale"),
+        (lambda c: c.update(backends=["tensorflow"]), "backends.0"),
+        (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(widht=3), "mnist_mlp.widht"),
+        (lambda c: c["scales"]["cpu"]["tasks"].update(cifar={}), "tasks.cifar.task"),
+        (lambda c: c["scales"]["smoke"].update(seeds=[-1]), "scales.smoke.seeds.0"),
+        (
+            lambda c: c["scales"]["smoke"]["tasks"]["mnist_mlp"].update(batch_size=4096),
+            "batch_size",
+        ),
+        (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(steps=0), "steps"),
+        (lambda c: c["scales"]["cpu"]["optimizer_settings"].update(sophia={}), "sophia"),
+        (lambda c: c["scales"]["cpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "lbfgs"),
+    ],
+)
+def test_bad_config_names_the_key(config, edit, needle):
+    bad = copy.deepcopy(config)
+    edit(bad)
+    with pytest.raises(ConfigError) as err:
+        resolve(bad)
+    assert needle in str(err.value)

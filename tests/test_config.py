@@ -48,6 +48,7 @@ def test_cell_json_round_trip(config):
         (lambda c: c["optimizers"].update(newton9={"impl": "newton9"}), "optimizers.newton9.impl"),
         (lambda c: c["optimizers"]["sgd"].update(lr=-0.1), "optimizers.sgd.lr"),
         (lambda c: c["optimizers"]["sgd"].update(lr=0), "optimizers.sgd.lr"),
+        (lambda c: c["optimizers"]["sgd"].update(lr="1e-3"), "write 1.0e-3"),
         (lambda c: c["optimizers"]["adamw"].update(betas=[0.9, 1.5]), "optimizers.adamw.betas"),
         (lambda c: c["optimizers"]["sgd"].update(momentom=0.9), "optimizers.sgd.momentom"),
         (lambda c: c.update(scale="huge"), "scale"),

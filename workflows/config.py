@@ -78,7 +78,18 @@ def validate(config: dict[str, Any]) -> None:
     )
     if errors:
         first = errors[0]
-        raise ConfigError(f"config error at {_path(first)}: {first.message}")
+        hint = ""
+        if isinstance(first.instance, str) and _is_float(first.instance):
+            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+        raise ConfigError(f"config error at {_path(first)}: {first.message}{hint}")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def task_settings(module_name: str, values: dict[str, Any], where: str):

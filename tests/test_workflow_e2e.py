@@ -1,0 +1,125 @@
+"""The real workflow at `smoke` scale in a temporary folder: Snakemake, the harness, W&B offline,
+parquet, the leaderboard. One extra optimizer entry is made to diverge; the others must finish."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import hessbench
+from hessbench.workflows.tracking import find_run_file, read_history
+
+REPO = Path(hessbench.__file__).parent
+DIVERGE = "optimizers:\n  sgd_diverge: {impl: sgd, lr: 1.0e+6, momentum: 0.9}\n"
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "WANDB_MODE": "offline",
+        "MPLBACKEND": "Agg",
+    }
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        env.pop(var, None)
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    return subprocess.run(
+        [*command, "--directory", str(workdir), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    (workdir / "diverge.yaml").write_text(DIVERGE)
+    done = snakemake(
+        workdir,
+        "--cores",
+        "2",
+        "--config",
+        "scale=smoke",
+        "--configfile",
+        str(workdir / "diverge.yaml"),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workdir
+
+
+def summaries(workdir: Path) -> dict[tuple[str, str, int], dict]:
+    out = {}
+    for path in (workdir / "results" / "smoke").glob("*/*/torch/seed*/summary.json"):
+        s = json.loads(path.read_text())
+        out[(s["task"], s["optimizer"], s["seed"])] = s
+    return out
+
+
+def test_every_cell_ran_and_only_the_diverging_one_failed(smoke):
+    cells = summaries(smoke)
+    optimizers = {"sgd", "adamw", "lbfgs", "sgd_diverge"}
+    assert {(o, s) for _, o, s in cells} == {(o, s) for o in optimizers for s in (0, 1)}
+    for (_, optimizer, _), s in cells.items():
+        expected = "diverged" if optimizer == "sgd_diverge" else "ok"
+        assert s["status"] == expected, (optimizer, s["reason"])
+        assert s["provenance"]["git_sha"]  # the checkout's commit, for provenance
+
+
+def test_wandb_offline_run_holds_the_same_metrics_as_parquet(smoke):
+    for (_, optimizer, seed), s in summaries(smoke).items():
+        run_dir = Path(s["wandb_run_dir"])
+        assert run_dir.parts[0] == "results"  # every W&B folder stays inside the results tree
+        run_dir = smoke / run_dir
+        history = pd.DataFrame(read_history(find_run_file(run_dir)))
+        metrics = pd.read_parquet(run_dir.parents[1] / "metrics.parquet")
+        assert history["_step"].tolist() == metrics["step"].tolist(), optimizer
+        for column in ("train_loss", "val_metric", "wall_s", "forward"):
+            logged = history.set_index("_step")[column].astype(float)
+            stored = metrics.set_index("step")[column].astype(float)
+            pd.testing.assert_series_equal(
+                logged, stored, check_names=False, check_index_type=False
+            )
+
+
+def test_leaderboard_and_tables(smoke):
+    board = (smoke / "results" / "smoke" / "leaderboard.md").read_text()
+    for optimizer in ("sgd", "adamw", "lbfgs", "sgd_diverge"):
+        assert f"| {optimizer} " in board
+    assert "diverged: non-finite training loss" in board
+    runs = pd.read_parquet(smoke / "results" / "smoke" / "runs.parquet")
+    assert runs.groupby(["optimizer", "seed"]).ngroups == 8
+    for name in ("loss_vs_step.png", "loss_vs_wall.png"):
+        assert (smoke / "results" / "smoke" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_run_has_nothing_to_do(smoke):
+    again = snakemake(
+        smoke, "-n", "--config", "scale=smoke", "--configfile", str(smoke / "diverge.yaml")
+    )
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("bad", "key"),
+    [
+        ("optimizers:\n  newt: {impl: newtonn}\n", "optimizers.newt.impl"),
+        ("optimizers:\n  sgd: {impl: sgd, lr: -0.1}\n", "optimizers.sgd.lr"),
+    ],
+)
+def test_bad_config_fails_before_any_job_and_keeps_results(smoke, bad, key):
+    stamp = {p: p.stat().st_mtime_ns for p in (smoke / "results").rglob("summary.json")}
+    (smoke / "bad.yaml").write_text(bad)
+    failed = snakemake(
+        smoke, "--cores", "2", "--config", "scale=smoke", "--configfile", str(smoke / "bad.yaml")
+    )
+    assert failed.returncode != 0
+    assert key in failed.stderr + failed.stdout
+    assert "Select jobs to execute" not in failed.stderr + failed.stdout
+    assert stamp == {p: p.stat().st_mtime_ns for p in (smoke / "results").rglob("summary.json")}

@@ -92,4 +92,12 @@ def leaderboard_markdown(summaries: pd.DataFrame) -> str:
             "",
         ]
         parts.append(rank_task(cells).to_markdown(index=False))
+    overhead = summaries["harness_overhead"].dropna() if "harness_overhead" in summaries else []
+    if len(overhead):
+        parts += [
+            "",
+            f"Harness overhead (loop time outside steps, evaluation and W&B flushes ÷ "
+            f"loop time): median {overhead.median():.2%}, max {overhead.max():.2%} "
+            f"over {len(overhead)} cells.",
+        ]
     return "\n".join(parts) + "\n"

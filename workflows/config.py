@@ -66,6 +66,10 @@ class Plan:
                 return c
         raise KeyError(f"no cell {task}/{optimizer}/{backend}/seed{seed} in scale {self.scale}")
 
+    def cell_of(self, wildcards) -> Cell:
+        """The cell a Snakemake job's wildcards name."""
+        return self.cell(wildcards.task, wildcards.optimizer, wildcards.backend, wildcards.seed)
+
 
 def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<config>"

@@ -2,10 +2,6 @@
 # summary.json (failures included, with their status), so one bad cell never stops the sweep.
 
 
-def cell_json(wildcards):
-    return PLAN.cell(wildcards.task, wildcards.optimizer, wildcards.backend, wildcards.seed).to_json()
-
-
 rule cell:
     output:
         summary="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/summary.json",
@@ -13,13 +9,13 @@ rule cell:
     log:
         "results/{scale}/logs/{task}/{optimizer}/{backend}/seed{seed}.log",
     params:
-        cell=cell_json,
+        cell=lambda wildcards: PLAN.cell_of(wildcards).to_json(),
         out=subpath(output.summary, parent=True),
     wildcard_constraints:
         seed=r"\d+",
-    threads: 1
+    threads: lambda wildcards: PLAN.cell_of(wildcards).threads
     resources:
         mem_mb=4000,
     shell:
-        "hessbench-cell --cell {params.cell:q} --out {params.out:q} "
+        "hessbench-cell --cell {params.cell:q} --out {params.out:q} --threads {threads} "
         "--results-root results > {log:q} 2>&1"

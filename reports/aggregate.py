@@ -63,5 +63,6 @@ def aggregate(summary_paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         identity = {key: row[key] for key in IDENTITY + ["status"]}
         frames.append(frame.assign(**identity)[[*identity, *frame.columns]])
-    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=IDENTITY)
+    empty = pd.DataFrame(columns=[*IDENTITY, "status", "step"])
+    runs = pd.concat(frames, ignore_index=True) if frames else empty
     return runs, summaries

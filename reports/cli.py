@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         from .figures import loss_curves, save
 
         runs = pd.read_parquet(args.runs)
-        args.by_step.parent.mkdir(parents=True, exist_ok=True)
         save(loss_curves(runs, "step", "step"), args.by_step)
         save(loss_curves(runs, "wall_s", "wall-clock seconds (training step only)"), args.by_wall)
     return 0

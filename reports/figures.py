@@ -3,6 +3,8 @@ one panel per task, one colour per optimizer, a band (steps) or one line per see
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,6 +18,11 @@ LOSSES = {"train_loss": "training loss (mini-batch)", "val_loss": "validation lo
 
 def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
     tasks = sorted(runs["task"].unique())
+    if not tasks:  # every cell infeasible or failed before its first row: say so, don't crash
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no metrics logged by any cell", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     fig, axes = plt.subplots(len(LOSSES), len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
     for col, task in enumerate(tasks):
         frame = runs[runs["task"] == task]
@@ -44,6 +51,7 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
     return fig
 
 
-def save(fig: plt.Figure, path: str) -> None:
+def save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,246 @@
+"""Reports against hand-chosen numbers: ranking rules, mean ± std cells, aggregation, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import statistics
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from hessbench.reports.aggregate import IDENTITY, SUMMARY_FIELDS, aggregate
+from hessbench.reports.cli import main
+from hessbench.reports.leaderboard import leaderboard_markdown, rank_task
+from hessbench.workflows.config import load
+from hessbench.workflows.harness import run_cell
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def cell(optimizer, seed, tt=None, final=0.5, *, task="toy", status="ok", reason=None, **kw):
+    row = dict.fromkeys(SUMMARY_FIELDS)
+    row.update(
+        scale="cpu", task=task, optimizer=optimizer, impl=optimizer, backend="torch", seed=seed,
+        status=status, reason=reason, metric="accuracy", higher_is_better=True, target=0.9,
+        time_to_target_s=tt, final_metric=final if status == "ok" else None,
+        steps_to_target=None if tt is None else 100 * (seed + 1), final_val_loss=0.3,
+        peak_mem_bytes=2**20, optimizer_state_bytes=2**10, median_step_s=1e-3, batch_size=64,
+    )  # fmt: skip
+    row.update(kw)
+    return row
+
+
+def toy_cells() -> pd.DataFrame:
+    rows = [
+        cell("slow", 0, tt=3.0), cell("slow", 1, tt=5.0),
+        # Fastest seeds of all, but one seed missed the target: must rank below every
+        # entry that always reached it.
+        cell("partial", 0, tt=0.5, final=0.88), cell("partial", 1, tt=0.6, final=0.89),
+        cell("partial", 2, final=0.70),
+        cell("none_lo", 0, final=0.80), cell("none_lo", 1, final=0.82),
+        cell("broken", 0, status="error", reason="RuntimeError: boom", metric=None),
+        cell("broken", 1, status="diverged", reason="loss is nan", metric=None),
+        cell("fast", 0, tt=1.0), cell("fast", 1, tt=2.0), cell("fast", 2, tt=4.0),
+        # Its ok seed reached the target fastest of all; the diverged one sends it to the end.
+        cell("blowup", 0, tt=0.1, final=0.95), cell("blowup", 1, status="diverged", reason="nan"),
+        cell("none_hi", 0, final=0.85), cell("none_hi", 1, final=0.87),
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+TOY_ORDER = ["fast", "slow", "none_hi", "partial", "none_lo", "blowup", "broken"]
+
+
+def by_optimizer(table: pd.DataFrame) -> dict[str, dict]:
+    return {r["optimizer"]: r for r in table.to_dict("records")}
+
+
+def test_rank_order_reached_then_final_metric_then_failed():
+    table = rank_task(toy_cells())
+    # final-metric means among not-reached: none_hi .86 > partial .8233 > none_lo .81
+    assert list(table["optimizer"]) == TOY_ORDER
+    assert list(table["rank"]) == list(range(1, 8))
+
+
+def test_time_cells_mean_and_sample_std():
+    rows = by_optimizer(rank_task(toy_cells()))
+    # fast: mean 7/3 = 2.333; var = (16/9 + 1/9 + 25/9) / 2 = 7/3, std = 1.5275
+    assert rows["fast"]["time to target (s)"] == "2.33 ± 1.53"
+    # slow: mean 4, std = sqrt(((-1)^2 + 1^2) / 1) = 1.4142 (ddof=0 would give 1.00)
+    assert rows["slow"]["time to target (s)"] == "4.00 ± 1.41"
+    # steps 100, 200, 300: mean 200, std 100
+    assert rows["fast"]["steps to target"] == "200 ± 100"
+    assert rows["partial"]["time to target (s)"] == "not reached (2/3)"
+    assert rows["partial"]["steps to target"] == "–"
+    assert rows["none_lo"]["time to target (s)"] == "not reached (0/2)"
+    assert rows["blowup"]["time to target (s)"] == "not reached (1/2)"
+    # partial final metric: mean .8233, std of (.88, .89, .70) = 0.1069
+    assert rows["partial"]["final metric"] == "0.8233 ± 0.1069"
+    assert rows["fast"]["batch"] == "64"
+
+
+def test_failed_cells_keep_status_and_reason():
+    rows = by_optimizer(rank_task(toy_cells()))
+    assert rows["broken"]["status"] == "error: RuntimeError: boom, diverged: loss is nan"
+    assert rows["broken"]["seeds"] == 2
+    assert rows["broken"]["final metric"] == "–"
+    assert rows["blowup"]["status"] == "diverged: nan"
+    assert rows["fast"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_not_reached_respects_metric_direction(higher):
+    finals = [("a", 0, 0.3), ("a", 1, 0.5), ("b", 0, 0.2), ("b", 1, 0.25)]  # a .4, b .225
+    cells = pd.DataFrame([cell(o, s, final=f, higher_is_better=higher) for o, s, f in finals])
+    expected = ["a", "b"] if higher else ["b", "a"]
+    assert list(rank_task(cells)["optimizer"]) == expected
+
+
+def test_single_seed_has_no_plus_minus():
+    rows = by_optimizer(rank_task(pd.DataFrame([cell("solo", 0, tt=1.234, final=0.91234)])))
+    assert rows["solo"]["time to target (s)"] == "1.23"
+    assert rows["solo"]["final metric"] == "0.9123"
+    assert "±" not in "".join(str(v) for v in rows["solo"].values())
+
+
+def test_leaderboard_markdown_sections():
+    reg = [
+        cell("sgd", s, task="reg", final=f, metric="mse", higher_is_better=False, target=0.1)
+        for s, f in enumerate([0.3, 0.5])
+    ]
+    md = leaderboard_markdown(pd.concat([toy_cells(), pd.DataFrame(reg)], ignore_index=True))
+    assert md.startswith("# hessbench leaderboard — scale `cpu`")
+    assert md.index("## reg") < md.index("## toy")
+    toy = md[md.index("## toy") :]
+    reg_part = md[md.index("## reg") : md.index("## toy")]
+    assert "Metric: mse (lower is better), target 0.1; 2 seed(s)." in reg_part
+    assert "Metric: accuracy (higher is better), target 0.9; 3 seed(s)." in toy
+    lines = [line for line in toy.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + 7  # header, rule, one row per optimizer entry
+    assert [line.split("|")[2].strip() for line in lines[2:]] == TOY_ORDER
+    assert "2.33 ± 1.53" in lines[2] and "error: RuntimeError: boom" in lines[-1]
+    assert "fast" not in reg_part
+
+
+def write_cell(root: Path, optimizer: str, seed: int, steps: list[int], status="ok", reason=None):
+    cell_dir = root / "cpu" / "toy" / optimizer / "torch" / f"seed{seed}"
+    cell_dir.mkdir(parents=True)
+    summary = {
+        "scale": "cpu", "task": "toy", "optimizer": optimizer, "impl": optimizer,
+        "backend": "torch", "seed": seed, "status": status, "reason": reason,
+        "final_metric": 0.5 if status == "ok" else None,
+        "config": {"settings": {"batch_size": 32}}, "provenance": {"git_sha": "abc123"},
+    }  # fmt: skip
+    (cell_dir / "summary.json").write_text(json.dumps(summary))
+    wall = pd.Series([0.1 * s for s in steps], dtype="float64")  # typed even when empty
+    frame = pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "wall_s": wall})
+    frame.to_parquet(cell_dir / "metrics.parquet", index=False)
+    return cell_dir / "summary.json"
+
+
+def test_aggregate_runs_and_summaries(tmp_path):
+    paths = [
+        write_cell(tmp_path, "sgd", 0, [0, 10, 20]),
+        write_cell(tmp_path, "adamw", 1, [0, 5]),
+        write_cell(tmp_path, "lbfgs", 0, [], status="diverged", reason="loss is nan"),
+    ]
+    runs, summaries = aggregate(paths)
+
+    assert len(runs) == 5
+    assert list(runs.columns[:7]) == [*IDENTITY, "status"]
+    assert runs[[*IDENTITY, "status"]].notna().all().all()
+    sgd = runs[runs["optimizer"] == "sgd"]
+    assert list(sgd["step"]) == [0, 10, 20] and set(sgd["seed"]) == {0}
+    assert list(runs.loc[runs["optimizer"] == "adamw", "seed"]) == [1, 1]
+    assert set(runs["status"]) == {"ok"} and set(runs["scale"]) == {"cpu"}
+    assert runs["wall_s"].tolist() == pytest.approx([0.0, 1.0, 2.0, 0.0, 0.5])
+
+    assert len(summaries) == 3
+    failed = summaries[summaries["optimizer"] == "lbfgs"].iloc[0]
+    assert failed["status"] == "diverged" and failed["reason"] == "loss is nan"
+    assert set(summaries["batch_size"]) == {32} and set(summaries["git_sha"]) == {"abc123"}
+    assert pd.isna(failed["final_metric"]) and "time_to_target_s" in summaries
+
+
+def harness_cells(root):
+    """Real cells from the harness (tiny MNIST runs, no W&B), laid out as the DAG lays them."""
+    base = load(scale="smoke").cell("mnist_mlp", "sgd", "torch", 0)
+    tiny = {"train_size": 256, "test_size": 128, "steps": 6, "eval_every": 3, "hidden": [4],
+            "batch_size": 32, "target": 0.0}  # fmt: skip
+    paths = []
+    for optimizer, seed in itertools.product(("sgd", "adamw"), (0, 1)):
+        cell = dataclasses.replace(
+            base, optimizer=optimizer, impl=optimizer, hyperparameters={}, seed=seed,
+            settings={**base.settings, **tiny}, log_every=1,
+        )  # fmt: skip
+        out = root / "results" / cell.path
+        run_cell(cell, out, root, track=False)
+        paths.append(out / "summary.json")
+    return paths
+
+
+def test_cli_end_to_end_on_real_cells(tmp_path):
+    summaries_in = harness_cells(tmp_path)
+    cells = [p.parent for p in summaries_in]
+    out = tmp_path / "results" / "smoke"
+    runs_p, sums_p, board = out / "runs.parquet", out / "summaries.parquet", out / "leaderboard.md"
+    step_png, wall_png = out / "figures" / "loss_vs_step.png", out / "figures" / "loss_vs_wall.png"
+
+    assert main(["aggregate", *map(str, summaries_in), "--runs", str(runs_p),
+                 "--summaries", str(sums_p)]) == 0  # fmt: skip
+    assert main(["leaderboard", "--summaries", str(sums_p), "--out", str(board)]) == 0
+    assert main(["figures", "--runs", str(runs_p), "--by-step", str(step_png),
+                 "--by-wall", str(wall_png)]) == 0  # fmt: skip
+
+    n_rows = sum(pq.read_metadata(p.parent / "metrics.parquet").num_rows for p in summaries_in)
+    assert len(pd.read_parquet(runs_p)) == n_rows
+    assert len(pd.read_parquet(sums_p)) == len(cells)
+
+    entries: dict[str, dict[str, list[dict]]] = {}
+    for path in summaries_in:
+        summary = json.loads(path.read_text())
+        entries.setdefault(summary["task"], {}).setdefault(summary["optimizer"], []).append(summary)
+    md = board.read_text()
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", md, flags=re.M | re.S))
+    assert set(sections) == set(entries)
+    for task, optimizers in entries.items():
+        rows = [line for line in sections[task].splitlines() if line.startswith("|")][2:]
+        assert len(rows) == len(optimizers)
+        for optimizer, seeds in optimizers.items():
+            (row,) = [r for r in rows if r.split("|")[2].strip() == optimizer]
+            times = [s["time_to_target_s"] for s in seeds]
+            if all(s["status"] == "ok" for s in seeds) and None not in times:
+                cell_text = f"{statistics.mean(times):.2f}"
+                if len(times) > 1:
+                    cell_text += f" ± {statistics.stdev(times):.2f}"
+                assert f"| {cell_text} " in row
+
+    for png in (step_png, wall_png):
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        image = mpimg.imread(png)
+        # figsize (5 * n_tasks, 7) inches at 120 dpi
+        assert image.shape[:2] == (840, 600 * len(entries))
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
+    # Every cell infeasible: the tables, leaderboard and figures must still be written.
+    paths = [write_cell(tmp_path, "newton", 0, [], status="infeasible", reason="too big")]
+    out = tmp_path / "out"
+    args = ["--runs", str(out / "runs.parquet"), "--summaries", str(out / "s.parquet")]
+    out.mkdir()
+    assert main(["aggregate", *map(str, paths), *args]) == 0
+    assert (
+        main(["leaderboard", "--summaries", str(out / "s.parquet"), "--out", str(out / "lb.md")])
+        == 0
+    )
+    assert "infeasible: too big" in (out / "lb.md").read_text()
+    figures = ["--by-step", str(out / "a" / "s.png"), "--by-wall", str(out / "b" / "w.png")]
+    assert main(["figures", "--runs", str(out / "runs.parquet"), *figures]) == 0
+    assert (out / "b" / "w.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -52,7 +52,7 @@ def _record(result: Any) -> dict[str, Any]:
 
 def _scalar(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
-        return float(value.detach()) if value.numel() == 1 else None
+        return value.item() if value.numel() == 1 else None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
@@ -71,6 +71,7 @@ class Run:
         self.problem = None
         self.optimizer = None
         self.loop_s = 0.0
+        self.bar = None
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -104,7 +105,7 @@ class Run:
         loop_start = time.perf_counter()
         with clock.measure("eval"):
             self._log(0, None, None, problem.evaluate(problem.model))
-        bar = tqdm(total=problem.steps, file=sys.stderr, mininterval=2.0, desc=cell.path)
+        bar = self.bar = tqdm(total=problem.steps, file=sys.stderr, mininterval=2.0, desc=cell.path)
         try:
             for step in range(1, problem.steps + 1):
                 start = clock.start()  # the measured training step: batch, objective, update
@@ -115,7 +116,6 @@ class Run:
                 record = _record(optimizer.step(objective))
                 clock.stop("step", start)
                 loss = _scalar(record.get("loss"))
-                bar.update(1)
                 if loss is None or not math.isfinite(loss):
                     self._log(step, loss, record, None)
                     raise Diverged(f"non-finite training loss ({loss}) at step {step}")
@@ -135,6 +135,8 @@ class Run:
     def _log(
         self, step: int, loss: float | None, record: dict | None, metrics: dict | None
     ) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)  # on logged rows only: off the per-step path
         group = self.optimizer.param_groups[0] if self.optimizer else {}
         row = {
             "step": step,

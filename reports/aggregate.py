@@ -24,6 +24,7 @@ SUMMARY_FIELDS = IDENTITY + [
     "steps_to_target",
     "time_to_target_s",
     "forward_to_target",
+    "examples_to_target",
     "wall_s",
     "eval_s",
     "tracking_s",
@@ -37,14 +38,15 @@ SUMMARY_FIELDS = IDENTITY + [
     "total_backward",
     "total_hvp",
     "total_ggnvp",
+    "batch_size",
 ]
 
 
 def read_summary(path: Path) -> dict:
     summary = json.loads(Path(path).read_text())
     row = {key: summary.get(key) for key in SUMMARY_FIELDS}
-    settings = (summary.get("config") or {}).get("settings") or {}
-    row["batch_size"] = settings.get("batch_size")
+    if row.get("batch_size") is None:  # cells that stopped before building the task
+        row["batch_size"] = ((summary.get("config") or {}).get("settings") or {}).get("batch_size")
     row["git_sha"] = (summary.get("provenance") or {}).get("git_sha")
     row["device_name"] = (summary.get("provenance") or {}).get("device_name")
     row["cell_dir"] = str(Path(path).parent)

@@ -43,13 +43,18 @@ def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
                 "status": "ok"
                 if failed.empty
                 else ", ".join(
-                    f"{s}: {r}" for s, r in zip(failed["status"], failed["reason"], strict=True)
+                    f"{s}: {r}" if r else s
+                    for s, r in zip(failed["status"], failed["reason"], strict=True)
                 ),
                 "time to target (s)": _mean_std(ok["time_to_target_s"], ".2f")
                 if all_reached
                 else f"not reached ({reached}/{len(group)})",
                 "steps to target": _mean_std(ok["steps_to_target"], ".0f") if all_reached else "–",
                 "forward passes to target": _mean_std(ok["forward_to_target"], ".0f")
+                if all_reached
+                else "–",
+                # forward passes of different batch sizes differ: examples compare across entries
+                "examples (fwd) to target": _mean_std(ok["examples_to_target"], ".3g")
                 if all_reached
                 else "–",
                 "final metric": _mean_std(final, ".4f"),

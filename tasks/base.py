@@ -27,6 +27,7 @@ class Problem:
     target: float  # val_metric value that counts as reached
     steps: int
     eval_every: int
+    batch_size: int  # examples per forward pass of the objective
 
 
 def epoch_batches(

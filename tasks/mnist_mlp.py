@@ -96,4 +96,5 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
         target=settings.target,
         steps=settings.steps,
         eval_every=settings.eval_every,
+        batch_size=settings.batch_size,
     )

@@ -244,3 +244,8 @@ def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
     figures = ["--by-step", str(out / "a" / "s.png"), "--by-wall", str(out / "b" / "w.png")]
     assert main(["figures", "--runs", str(out / "runs.parquet"), *figures]) == 0
     assert (out / "b" / "w.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_status_without_reason_is_shown_plainly():
+    frame = pd.DataFrame([cell("newton", 0, status="infeasible", reason=None)])
+    assert rank_task(frame)["status"].tolist() == ["infeasible"]

@@ -193,6 +193,11 @@ class Run:
             steps_to_target=int(first["step"]) if first is not None else None,
             time_to_target_s=float(first["wall_s"]) if first is not None else None,
             forward_to_target=int(first["forward"]) if first is not None else None,
+            # forward passes differ in size across batch sizes: examples are comparable
+            examples_to_target=int(first["forward"]) * problem.batch_size
+            if first is not None
+            else None,
+            batch_size=problem.batch_size,
             wall_s=totals["step"],
             eval_s=totals["eval"],
             loop_s=self.loop_s,

@@ -61,6 +61,16 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(device: torch.device, seed: int) -> dict:
     versions = {}
     for name in PACKAGES:
@@ -75,9 +85,7 @@ def provenance(device: torch.device, seed: int) -> dict:
         "versions": versions,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),

@@ -28,7 +28,7 @@ from .measure import Clock, optimizer_state_bytes, peak_memory_bytes, reset_peak
 from .results import provenance, write_json, write_parquet
 from .tracking import Tracker
 
-STATUSES = ("ok", "diverged", "oom", "infeasible", "error")
+MIN_ROWS = 200
 
 
 class Diverged(RuntimeError):
@@ -105,6 +105,9 @@ class Run:
         loop_start = time.perf_counter()
         with clock.measure("eval"):
             self._log(0, None, None, problem.evaluate(problem.model))
+        # At most log_every steps between rows, and at least MIN_ROWS rows for short runs (an
+        # L-BFGS cell of 150 slow steps still gets a curve).
+        log_every = max(1, min(cell.log_every, problem.steps // MIN_ROWS))
         bar = self.bar = tqdm(total=problem.steps, file=sys.stderr, mininterval=2.0, desc=cell.path)
         try:
             for step in range(1, problem.steps + 1):
@@ -126,7 +129,7 @@ class Run:
                     with clock.measure("tracking"):
                         if self.tracker:
                             self.tracker.flush()
-                elif step % cell.log_every == 0:
+                elif step % log_every == 0:
                     self._log(step, loss, record, None)
         finally:
             bar.close()

@@ -8,6 +8,9 @@ from hessbench.workflows.config import resolve
 min_version("9.0")
 
 
+report: "workflows/report/workflow.rst"
+
+
 configfile: f"{workflow.basedir}/workflows/config/default.yaml"
 
 

@@ -98,6 +98,16 @@ def test_leaderboard_and_tables(smoke):
         assert (smoke / "results" / "smoke" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_snakemake_html_report_holds_leaderboard_and_figures(smoke):
+    made = snakemake(smoke, "--config", "scale=smoke", "--configfile",
+                     str(smoke / "diverge.yaml"), "--report", "report.html")  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    html = (smoke / "report.html").read_text()
+    for name in ("leaderboard.md", "loss_vs_step.png", "loss_vs_wall.png"):
+        assert name in html
+    assert "hessbench at scale" in html
+
+
 def test_second_run_has_nothing_to_do(smoke):
     again = snakemake(
         smoke, "-n", "--config", "scale=smoke", "--configfile", str(smoke / "diverge.yaml")

@@ -20,7 +20,11 @@ rule leaderboard:
     input:
         summaries=f"results/{SCALE}/summaries.parquet",
     output:
-        f"results/{SCALE}/leaderboard.md",
+        report(
+            f"results/{SCALE}/leaderboard.md",
+            caption="../report/leaderboard.rst",
+            category="Leaderboard",
+        ),
     log:
         f"results/{SCALE}/logs/leaderboard.log",
     shell:
@@ -31,8 +35,16 @@ rule figures:
     input:
         runs=f"results/{SCALE}/runs.parquet",
     output:
-        step=f"results/{SCALE}/figures/loss_vs_step.png",
-        wall=f"results/{SCALE}/figures/loss_vs_wall.png",
+        step=report(
+            f"results/{SCALE}/figures/loss_vs_step.png",
+            caption="../report/loss_vs_step.rst",
+            category="Loss curves",
+        ),
+        wall=report(
+            f"results/{SCALE}/figures/loss_vs_wall.png",
+            caption="../report/loss_vs_wall.rst",
+            category="Loss curves",
+        ),
     log:
         f"results/{SCALE}/logs/figures.log",
     shell:

@@ -201,3 +201,27 @@ def test_build_config_errors():
     # YAML gives lists; the frozen dataclass must hold a tuple.
     assert build_config("adamw", {"betas": [0.8, 0.99]}).betas == (0.8, 0.99)
     assert build_config("lbfgs", {"max_iter": 5}) == LBFGSConfig(max_iter=5)
+
+
+class Rosenbrock(nn.Module):
+    """f(a, b) = (1 - a)^2 + 100 (b - a^2)^2 as a 'model' whose output is the loss itself:
+    a non-convex valley with its minimum at (1, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.xy = nn.Parameter(torch.tensor([-1.2, 1.0], dtype=torch.float64))
+
+    def forward(self, _inputs):
+        a, b = self.xy
+        return (1 - a) ** 2 + 100 * (b - a**2) ** 2
+
+
+def test_lbfgs_solves_rosenbrock_through_the_objective():
+    model = Rosenbrock()
+    opt = LBFGSConfig(tolerance_grad=1e-12, tolerance_change=1e-15).build(model.parameters())
+    counters = Counters()
+    batch = (torch.zeros(1), torch.zeros(1))
+    for _ in range(5):
+        opt.step(Objective(model, lambda out, _t: out, batch, [model.xy], counters))
+    assert_close(model.xy.detach(), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-8)
+    assert counters.forward == counters.backward == opt.state[model.xy]["func_evals"]

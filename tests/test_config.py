@@ -62,6 +62,7 @@ def test_cell_json_round_trip(config):
         ),
         (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(steps=0), "steps"),
         (lambda c: c["scales"]["cpu"]["optimizer_settings"].update(sophia={}), "sophia"),
+        (lambda c: c["scales"]["gpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "scales.gpu"),
         (lambda c: c["scales"]["cpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "lbfgs"),
     ],
 )

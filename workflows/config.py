@@ -113,7 +113,8 @@ def task_settings(module_name: str, values: dict[str, Any], where: str):
 
 
 def resolve(config: dict[str, Any]) -> Plan:
-    """Validate ``config`` and return every cell of its selected scale."""
+    """Validate ``config`` (every scale, not just the selected one) and return the cells of its
+    selected scale."""
     validate(config)
     scale = config["scale"]
     if scale not in config["scales"]:
@@ -125,15 +126,18 @@ def resolve(config: dict[str, Any]) -> Plan:
         hyper = {k: v for k, v in entry.items() if k != "impl"}
         build_config(entry["impl"], hyper, where=f"config error at optimizers.{name}")
         optimizers[name] = (entry["impl"], hyper)
-    tasks = {}
-    for sname, scale_cfg in config["scales"].items():
-        for tname, entry in scale_cfg["tasks"].items():
-            module = entry.get("task", tname)
-            values = {k: v for k, v in entry.items() if k != "task"}
-            task_settings(module, values, f"config error at scales.{sname}.tasks.{tname}")
-            if sname == scale:
-                tasks[tname] = (module, values)
+    plans = {name: _plan(config, name, optimizers) for name in config["scales"]}
+    return plans[scale]
+
+
+def _plan(config: dict[str, Any], scale: str, optimizers: dict[str, tuple]) -> Plan:
     scale_cfg = config["scales"][scale]
+    tasks = {}
+    for tname, entry in scale_cfg["tasks"].items():
+        module = entry.get("task", tname)
+        values = {k: v for k, v in entry.items() if k != "task"}
+        task_settings(module, values, f"config error at scales.{scale}.tasks.{tname}")
+        tasks[tname] = (module, values)
     per_optimizer = scale_cfg.get("optimizer_settings", {})
     for name in per_optimizer:
         if name not in optimizers:

@@ -39,6 +39,7 @@ class Settings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.train_size is not None and self.batch_size > self.train_size:
             raise ValueError(f"batch_size {self.batch_size} exceeds train_size {self.train_size}")
+        dtype_of(self.dtype)  # an unknown dtype fails with the config, not inside a cell
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be a list of positive widths, got {self.hidden!r}")
 

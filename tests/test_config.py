@@ -61,6 +61,7 @@ def test_cell_json_round_trip(config):
             "batch_size",
         ),
         (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(steps=0), "steps"),
+        (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(dtype="fp8"), "dtype"),
         (lambda c: c["scales"]["cpu"]["optimizer_settings"].update(sophia={}), "sophia"),
         (lambda c: c["scales"]["gpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "scales.gpu"),
         (lambda c: c["scales"]["cpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "lbfgs"),

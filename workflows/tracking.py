@@ -51,8 +51,8 @@ class Tracker:
         )
 
     @property
-    def run_dir(self) -> str | None:
-        return getattr(self.run, "dir", None) and str(Path(self.run.dir).parent)
+    def run_dir(self) -> str:
+        return str(Path(self.run.dir).parent)  # run.dir is the run's files/ folder
 
     def add(self, row: dict[str, Any]) -> None:
         self._pending.append(row)
@@ -60,6 +60,7 @@ class Tracker:
     def flush(self) -> None:
         for row in self._pending:
             step = int(row["step"])
+            # Unevaluated columns are None/NaN in a row: W&B gets only what was measured.
             self.run.log({k: v for k, v in row.items() if v is not None and v == v}, step=step)
         self._pending.clear()
 

@@ -8,10 +8,14 @@ optimizer's own word).
 
 Vectors (``v`` in ``hvp``/``ggnvp``, the gradients returned by ``loss_and_grad``) are tuples of
 tensors aligned with :attr:`Objective.params`, the same list of tensors the optimizer was built
-with. Curvature products use ``torch.func`` (the VJP of the gradient for HVPs; a JVP of the
-network, the output-Hessian product, then a VJP for GGN products), so no ``create_graph=True``
-cycle through ``p.grad`` can leak memory. They are reverse-over-reverse on purpose: forward
-mode through ``F.mse_loss``'s backward raises in torch 2.13 (pytorch/pytorch#123996).
+with. Curvature products are double backward passes with ``torch.autograd.grad`` (never
+``.backward(create_graph=True)``, whose ``p.grad`` cycle leaks memory: pytorch#4661): an HVP
+differentiates the gradient's graph, a GGN product differentiates J^T u in u to get J v. Methods
+that take many products on one batch (CG) build :meth:`Objective.hessian_operator` or
+:meth:`Objective.ggn_operator` once: the loss, the gradient and a product that reuses their
+graph, so each product costs about one gradient. Forward mode is avoided on purpose: it is
+slower in eager torch and ``F.mse_loss``'s backward has no forward derivative in torch 2.13
+(pytorch/pytorch#123996).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import functional_call, grad
 
 Vector = tuple[Tensor, ...]
 
@@ -59,6 +63,18 @@ class Counters:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass
+class Curvature:
+    """One batch's loss and gradient, and a curvature product that reuses their graph.
+
+    Valid while the parameters keep the values they had when it was built; each call of
+    ``apply`` is one counted product."""
+
+    loss: Tensor
+    grad: Vector
+    apply: Callable[..., Vector]
 
 
 class Objective:
@@ -135,27 +151,65 @@ class Objective:
         return self._as_dict([p.detach() for p in self.params])
 
     # -- second order -----------------------------------------------------------------------
+    def hessian_operator(self) -> Curvature:
+        """Loss, gradient and v -> H v on this batch, sharing one forward pass and one backward
+        (kept as a graph): each product is then one backward through the gradient's graph."""
+        self.counters.forward += 1
+        self.counters.backward += 1
+        return self._hessian_operator()
+
+    def ggn_operator(self) -> Curvature:
+        """Loss, gradient and v -> G v (G = J^T H_out J) sharing one forward pass: each product
+        is J v (the transpose of the retained J^T u, by a second backward), the output Hessian
+        on it, then J^T, with no second derivative of the network."""
+        self.counters.forward += 1
+        self.counters.backward += 1
+        return self._ggn_operator()
+
     def hvp(self, v: Sequence[Tensor]) -> Vector:
-        """Hessian-vector product ``H v`` (reverse-over-reverse: H is symmetric, so the VJP of
-        the gradient is H v)."""
-        _, pullback = vjp(grad(self._loss_of), self._primal())
-        (hv,) = pullback(self._as_dict(v))
-        self.counters.hvp += 1
-        return tuple(hv[n] for n in self._names)
+        """Hessian-vector product ``H v``."""
+        return self._hessian_operator().apply(v)
 
     def ggnvp(self, v: Sequence[Tensor]) -> Vector:
-        """Generalised Gauss-Newton product ``J^T H_out J v``: no second derivative of the net."""
-        primal = self._primal()
-        out, jv = jvp(self._outputs_of, (primal,), (self._as_dict(v),))
-        _, output_pullback = vjp(grad(lambda o: self.loss_fn(o, self.targets)), out.detach())
-        (hjv,) = output_pullback(jv)
-        _, pullback = vjp(self._outputs_of, primal)
-        (gv,) = pullback(hjv)
-        self.counters.ggnvp += 1
-        return tuple(gv[n] for n in self._names)
+        """Generalised Gauss-Newton product ``J^T H_out J v``."""
+        return self._ggn_operator().apply(v)
+
+    def _hessian_operator(self) -> Curvature:
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model(self.inputs), self.targets)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True)
+
+        def apply(v: Sequence[Tensor], batched: bool = False) -> Vector:
+            self.counters.hvp += len(v[0]) if batched else 1
+            return torch.autograd.grad(
+                grads, self.params, tuple(v), retain_graph=True, is_grads_batched=batched
+            )
+
+        return Curvature(loss.detach(), tuple(g.detach() for g in grads), apply)
+
+    def _ggn_operator(self) -> Curvature:
+        with torch.enable_grad():
+            out = self.model(self.inputs)
+            # The loss's own graph starts at a detached copy of the outputs: its second
+            # derivative (H_out) is all the products need of it.
+            leaf = out.detach().requires_grad_()
+            loss = self.loss_fn(leaf, self.targets)
+            (out_grad,) = torch.autograd.grad(loss, leaf, create_graph=True)
+            grads = torch.autograd.grad(out, self.params, out_grad.detach(), retain_graph=True)
+            # J^T u for a dummy u, linear in u: its derivative along v is J v.
+            dummy = torch.zeros_like(out, requires_grad=True)
+            jt_dummy = torch.autograd.grad(out, self.params, dummy, create_graph=True)
+
+        def apply(v: Sequence[Tensor]) -> Vector:
+            self.counters.ggnvp += 1
+            (jv,) = torch.autograd.grad(jt_dummy, dummy, tuple(v), retain_graph=True)
+            (hjv,) = torch.autograd.grad(out_grad, leaf, jv, retain_graph=True)
+            return torch.autograd.grad(out, self.params, hjv, retain_graph=True)
+
+        return Curvature(loss.detach(), grads, apply)
 
     def hessian(self, max_bytes: int) -> Tensor:
-        """Dense Hessian over the flattened ``params`` (d x d), built from d HVPs.
+        """Dense Hessian over the flattened ``params`` (d x d), built from d HVPs in batches.
 
         Raises :class:`Infeasible` when d^2 entries (times a working-memory factor of 2) would
         exceed ``max_bytes``.
@@ -168,22 +222,46 @@ class Objective:
                 f"dense Hessian of {d:,} parameters needs {need / 2**30:.1f} GiB "
                 f"> budget {max_bytes / 2**30:.1f} GiB"
             )
-        shapes = [p.shape for p in self.params]
-        sizes = [p.numel() for p in self.params]
-        _, pullback = vjp(grad(self._loss_of), self._primal())
-
-        def column(e: Tensor) -> Tensor:
-            tangent = self._as_dict(
-                [t.view(s) for t, s in zip(e.split(sizes), shapes, strict=True)]
-            )
-            (hv,) = pullback(tangent)
-            return torch.cat([hv[n].reshape(-1) for n in self._names])
-
-        eye = torch.eye(d, dtype=dtype, device=self.params[0].device)
+        operator = self._hessian_operator()
+        hess = torch.empty(d, d, dtype=dtype, device=self.params[0].device)
         chunk = max(1, min(d, 2**26 // max(1, self.inputs.numel())))
-        hess = torch.func.vmap(column, chunk_size=chunk)(eye)
-        self.counters.hvp += d
+        for start in range(0, d, chunk):
+            rows = min(chunk, d - start)
+            basis = torch.zeros(rows, d, dtype=dtype, device=hess.device)
+            basis[:, start : start + rows].fill_diagonal_(1.0)
+            tangents = [
+                t.view(rows, *p.shape)
+                for t, p in zip(
+                    basis.split([p.numel() for p in self.params], dim=1), self.params, strict=True
+                )
+            ]
+            columns = operator.apply(tangents, batched=True)
+            hess[start : start + rows] = torch.cat([c.reshape(rows, -1) for c in columns], 1)
         return (hess + hess.T) / 2  # exact up to round-off; symmetrise it
+
+    def gradient_second_moment(self) -> Vector:
+        """Mean over examples of the squared per-example gradient, (1/N) sum_i (grad l_i)^2: the
+        empirical Fisher diagonal, on the scale of the mean loss's GGN. Assumes the loss is a
+        mean of per-example losses (cross-entropy, MSE). One vmapped forward and backward."""
+
+        def example_loss(params, x, y):
+            out = functional_call(self.model, (params, self._buffers), (x.unsqueeze(0),))
+            return self.loss_fn(out, y.unsqueeze(0))
+
+        per_example = torch.func.vmap(grad(example_loss), in_dims=(None, 0, 0))(
+            self._primal(), self.inputs, self.targets
+        )
+        self.counters.forward += 1
+        self.counters.backward += 1
+        return tuple(per_example[n].square().mean(0) for n in self._names)
+
+    def subset(self, n: int) -> Objective:
+        """The objective on the batch's first ``n`` examples, sharing these counters (Martens'
+        curvature mini-batch is a subset of the gradient mini-batch)."""
+        batch = (self.inputs[:n], self.targets[:n])
+        return Objective(
+            self.model, self.loss_fn, batch, self.params, self.counters, self.likelihood
+        )
 
     # -- outputs-level access (GGN-based and sampling methods) --------------------------------
     def outputs(self) -> Tensor:

@@ -1,21 +1,34 @@
-"""Name -> hyperparameter dataclass for every torch optimizer; the dataclass builds it.
+"""Name -> implementation for every torch optimizer, and the check of a config entry against it.
 
-Value ranges shared by many optimizers (lr > 0, ...) are checked by the config schema
-(workflows/config/schema.yaml); here a config entry's implementation name and hyperparameter
-names are checked, each failure one :class:`ConfigError` naming the key.
+Baselines are hyperparameter dataclasses that build a stock ``torch.optim`` class with our
+defaults. The methods written here are their own classes: their constructor signature *is* the
+hyperparameter list, and a config entry is checked by building the optimizer once on a dummy
+parameter, so every constructor check runs before a DAG is built. Value ranges shared by many
+optimizers (lr > 0, ...) are also in the config schema (workflows/config/schema.yaml); each
+failure is one :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .baselines import AdamWConfig, LBFGSConfig, SGDConfig
+from .hessian_free import HessianFreeGN, NewtonCG
+from .newton import DampedNewton, Newton
 
 OPTIMIZERS: dict[str, type] = {
     "sgd": SGDConfig,
     "adamw": AdamWConfig,
     "lbfgs": LBFGSConfig,
+    "newton": Newton,
+    "damped_newton": DampedNewton,
+    "newton_cg": NewtonCG,
+    "hf_gn": HessianFreeGN,
 }
 
 
@@ -23,19 +36,44 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the offending key."""
 
 
+@dataclass(frozen=True)
+class Configured:
+    """An optimizer class with checked hyperparameters, built once the parameters exist."""
+
+    cls: type
+    hyperparameters: dict[str, Any]
+
+    def build(self, params) -> torch.optim.Optimizer:
+        return self.cls(params, **self.hyperparameters)
+
+
+def hyperparameter_names(cls: type) -> list[str]:
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    return [name for name in inspect.signature(cls).parameters if name != "params"]
+
+
 def build_config(impl: str, hyperparameters: dict[str, Any], where: str = "optimizer"):
-    """Check ``hyperparameters`` against ``impl``'s dataclass and return an instance."""
+    """Check ``hyperparameters`` against ``impl`` and return an object whose ``build(params)``
+    makes the optimizer."""
     if impl not in OPTIMIZERS:
         raise ConfigError(
             f"{where}.impl: unknown optimizer {impl!r}; known: {', '.join(sorted(OPTIMIZERS))}"
         )
     cls = OPTIMIZERS[impl]
-    fields = {f.name for f in dataclasses.fields(cls)}
+    names = hyperparameter_names(cls)
     for key in hyperparameters:
-        if key not in fields:
+        if key not in names:
             raise ConfigError(
-                f"{where}.{key}: {impl} has no hyperparameter {key!r}; it has {sorted(fields)}"
+                f"{where}.{key}: {impl} has no hyperparameter {key!r}; it has {names}"
             )
     if "betas" in hyperparameters:
         hyperparameters = {**hyperparameters, "betas": tuple(hyperparameters["betas"])}
-    return cls(**hyperparameters)
+    if dataclasses.is_dataclass(cls):
+        return cls(**hyperparameters)
+    configured = Configured(cls, dict(hyperparameters))
+    try:
+        configured.build([torch.zeros(1, requires_grad=True)])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {impl}: {err}") from err
+    return configured

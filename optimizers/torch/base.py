@@ -1,0 +1,43 @@
+"""What every optimizer that consumes the Objective's oracles shares: one flat parameter list,
+one learning rate, state that belongs to the whole vector rather than to a tensor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .objective import Objective
+
+
+class ObjectiveOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose ``step`` takes an :class:`Objective` (not a bare
+    closure) over the same parameters. Its methods precondition the whole parameter vector, so
+    it takes a single parameter group; ``lr`` is read from it at every step (schedulers work)."""
+
+    def __init__(self, params, defaults: dict[str, Any]):
+        if not defaults.get("lr", 1.0) > 0:
+            raise ValueError(f"lr must be > 0, got {defaults['lr']}")
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError(f"{type(self).__name__} takes one parameter group")
+        self.flat_params = list(self.param_groups[0]["params"])
+
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    @property
+    def vector_state(self) -> dict[str, Any]:
+        """State of the whole vector, kept under the first tensor so ``state_dict`` saves it."""
+        return self.state[self.flat_params[0]]
+
+    def objective(self, closure: Objective) -> Objective:
+        if not isinstance(closure, Objective):
+            raise TypeError(f"{type(self).__name__}.step needs the Objective, not a bare closure")
+        ours = closure.params
+        if len(ours) != len(self.flat_params) or any(
+            a is not b for a, b in zip(ours, self.flat_params, strict=False)
+        ):
+            raise ValueError("the objective's params must be the optimizer's, in the same order")
+        return closure

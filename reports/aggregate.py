@@ -21,6 +21,7 @@ SUMMARY_FIELDS = IDENTITY + [
     "best_metric",
     "final_val_loss",
     "final_train_loss",
+    "train_loss_full",
     "steps_to_target",
     "time_to_target_s",
     "forward_to_target",

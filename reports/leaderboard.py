@@ -39,6 +39,7 @@ def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
                 "optimizer": optimizer,
                 "impl": group["impl"].iloc[0],
                 "seeds": len(group),
+                "params": ", ".join(f"{int(n):,}" for n in group["n_params"].dropna().unique()),
                 "batch": ", ".join(str(int(b)) for b in group["batch_size"].dropna().unique()),
                 "status": "ok"
                 if failed.empty
@@ -59,6 +60,9 @@ def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
                 else "–",
                 "final metric": _mean_std(final, ".4f"),
                 "final val loss": _mean_std(ok["final_val_loss"], ".4f"),
+                "final train loss": _mean_std(ok["train_loss_full"], ".4f")
+                if "train_loss_full" in ok
+                else "–",
                 "peak mem (MiB)": _mean_std(group["peak_mem_bytes"] / 2**20, ".0f"),
                 "opt. state (KiB)": _mean_std(group["optimizer_state_bytes"] / 2**10, ".1f"),
                 "step (ms)": _mean_std(ok["median_step_s"] * 1e3, ".3f"),

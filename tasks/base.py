@@ -28,6 +28,9 @@ class Problem:
     steps: int
     eval_every: int
     batch_size: int  # examples per forward pass of the objective
+    # Loss on the whole training set, evaluated once after the last step: "train loss at
+    # equal epochs" without the noise of one mini-batch.
+    train_loss: Callable[[nn.Module], float] | None = None
 
 
 def epoch_batches(

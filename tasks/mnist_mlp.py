@@ -86,6 +86,14 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
             "val_metric": (logits.argmax(-1) == y_test).float().mean().item(),
         }
 
+    @torch.no_grad()
+    def train_loss(net: nn.Module) -> float:
+        total = sum(
+            F.cross_entropy(net(x), y, reduction="sum").item()
+            for x, y in zip(x_train.split(4096), y_train.split(4096), strict=True)
+        )
+        return total / len(x_train)
+
     return Problem(
         model=model,
         loss_fn=F.cross_entropy,
@@ -98,4 +106,5 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
         steps=settings.steps,
         eval_every=settings.eval_every,
         batch_size=settings.batch_size,
+        train_loss=train_loss,
     )

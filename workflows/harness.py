@@ -72,6 +72,7 @@ class Run:
         self.optimizer = None
         self.loop_s = 0.0
         self.bar = None
+        self.train_loss_full: float | None = None
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -131,6 +132,9 @@ class Run:
                             self.tracker.flush()
                 elif step % log_every == 0:
                     self._log(step, loss, record, None)
+            if problem.train_loss is not None:
+                with clock.measure("eval"):
+                    self.train_loss_full = problem.train_loss(problem.model)
         finally:
             bar.close()
             self.loop_s = time.perf_counter() - loop_start
@@ -193,6 +197,7 @@ class Run:
             final_train_loss=_scalar(frame["train_loss"].dropna().iloc[-1])
             if frame["train_loss"].notna().any()
             else None,
+            train_loss_full=self.train_loss_full,
             steps_to_target=int(first["step"]) if first is not None else None,
             time_to_target_s=float(first["wall_s"]) if first is not None else None,
             forward_to_target=int(first["forward"]) if first is not None else None,

@@ -20,6 +20,20 @@ def _mean_std(values: pd.Series, fmt: str) -> str:
     return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"
 
 
+def _statuses(failed: pd.DataFrame, seeds: int) -> str:
+    """Each failing status once, with how many seeds ended so and the first seed's reason
+    (reasons of one status differ only in details such as the memory free at the time)."""
+    if failed.empty:
+        return "ok"
+    parts = []
+    for status, cells in failed.groupby("status", sort=False):
+        reason = cells["reason"].dropna()
+        parts.append(
+            f"{status} ({len(cells)}/{seeds})" + (f": {reason.iloc[0]}" if len(reason) else "")
+        )
+    return "; ".join(parts)
+
+
 def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per optimizer entry of one task, in rank order, with display columns."""
     higher = (
@@ -41,15 +55,10 @@ def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
                 "seeds": len(group),
                 "params": ", ".join(f"{int(n):,}" for n in group["n_params"].dropna().unique()),
                 "batch": ", ".join(str(int(b)) for b in group["batch_size"].dropna().unique()),
-                "status": "ok"
-                if failed.empty
-                else ", ".join(
-                    f"{s}: {r}" if r else s
-                    for s, r in zip(failed["status"], failed["reason"], strict=True)
-                ),
+                "status": _statuses(failed, len(group)),
                 "time to target (s)": _mean_std(ok["time_to_target_s"], ".2f")
                 if all_reached
-                else f"not reached ({reached}/{len(group)})",
+                else (f"not reached ({reached}/{len(group)})" if len(ok) else "–"),
                 "steps to target": _mean_std(ok["steps_to_target"], ".0f") if all_reached else "–",
                 "forward passes to target": _mean_std(ok["forward_to_target"], ".0f")
                 if all_reached

@@ -87,11 +87,28 @@ def test_time_cells_mean_and_sample_std():
 
 def test_failed_cells_keep_status_and_reason():
     rows = by_optimizer(rank_task(toy_cells()))
-    assert rows["broken"]["status"] == "error: RuntimeError: boom, diverged: loss is nan"
+    assert (
+        rows["broken"]["status"] == "error (1/2): RuntimeError: boom; diverged (1/2): loss is nan"
+    )
     assert rows["broken"]["seeds"] == 2
     assert rows["broken"]["final metric"] == "–"
-    assert rows["blowup"]["status"] == "diverged: nan"
+    assert rows["broken"]["time to target (s)"] == "–"  # nothing ran to be "not reached"
+    assert rows["blowup"]["status"] == "diverged (1/2): nan"
+    assert rows["blowup"]["time to target (s)"] == "not reached (1/2)"
     assert rows["fast"]["status"] == "ok"
+
+
+def test_one_status_of_many_seeds_is_shown_once():
+    reasons = ["needs 154 GiB > 10.4 GiB", "needs 154 GiB > 10.6 GiB", "needs 154 GiB > 10.4 GiB"]
+    cells = pd.DataFrame(
+        [
+            cell("newton", s, status="infeasible", reason=r, metric=None)
+            for s, r in enumerate(reasons)
+        ]
+    )
+    assert by_optimizer(rank_task(cells))["newton"]["status"] == (
+        "infeasible (3/3): needs 154 GiB > 10.4 GiB"
+    )
 
 
 @pytest.mark.parametrize("higher", [True, False])
@@ -124,7 +141,7 @@ def test_leaderboard_markdown_sections():
     lines = [line for line in toy.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 7  # header, rule, one row per optimizer entry
     assert [line.split("|")[2].strip() for line in lines[2:]] == TOY_ORDER
-    assert "2.33 ± 1.53" in lines[2] and "error: RuntimeError: boom" in lines[-1]
+    assert "2.33 ± 1.53" in lines[2] and "error (1/2): RuntimeError: boom" in lines[-1]
     assert "fast" not in reg_part
 
 
@@ -240,7 +257,7 @@ def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
         main(["leaderboard", "--summaries", str(out / "s.parquet"), "--out", str(out / "lb.md")])
         == 0
     )
-    assert "infeasible: too big" in (out / "lb.md").read_text()
+    assert "infeasible (1/1): too big" in (out / "lb.md").read_text()
     figures = ["--by-step", str(out / "a" / "s.png"), "--by-wall", str(out / "b" / "w.png")]
     assert main(["figures", "--runs", str(out / "runs.parquet"), *figures]) == 0
     assert (out / "b" / "w.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -248,4 +265,4 @@ def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
 
 def test_status_without_reason_is_shown_plainly():
     frame = pd.DataFrame([cell("newton", 0, status="infeasible", reason=None)])
-    assert rank_task(frame)["status"].tolist() == ["infeasible"]
+    assert rank_task(frame)["status"].tolist() == ["infeasible (1/1)"]

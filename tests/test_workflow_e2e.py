@@ -113,7 +113,7 @@ def test_leaderboard_and_tables(smoke):
     board = (smoke / "results" / "smoke" / "leaderboard.md").read_text()
     for optimizer in ("sgd", "adamw", "lbfgs", "sgd_diverge"):
         assert f"| {optimizer} " in board
-    assert "diverged: non-finite training loss" in board
+    assert "diverged (2/2): non-finite training loss" in board
     runs = pd.read_parquet(smoke / "results" / "smoke" / "runs.parquet")
     assert runs.groupby(["optimizer", "seed"]).ngroups == len(summaries(smoke))
     for name in ("loss_vs_step.png", "loss_vs_wall.png"):

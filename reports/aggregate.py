@@ -48,6 +48,8 @@ def read_summary(path: Path) -> dict:
     row = {key: summary.get(key) for key in SUMMARY_FIELDS}
     if row.get("batch_size") is None:  # cells that stopped before building the task
         row["batch_size"] = ((summary.get("config") or {}).get("settings") or {}).get("batch_size")
+    # the learning rate the config gave (None: the implementation's default)
+    row["lr"] = ((summary.get("config") or {}).get("hyperparameters") or {}).get("lr")
     row["git_sha"] = (summary.get("provenance") or {}).get("git_sha")
     row["device_name"] = (summary.get("provenance") or {}).get("device_name")
     row["cell_dir"] = str(Path(path).parent)

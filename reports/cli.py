@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     figs.add_argument("--runs", type=Path, required=True)
     figs.add_argument("--by-step", type=Path, required=True)
     figs.add_argument("--by-wall", type=Path, required=True)
+    sens = sub.add_parser("lr-sensitivity", help="summaries.parquet -> metric vs lr PNG")
+    sens.add_argument("--summaries", type=Path, required=True)
+    sens.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "aggregate":
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from .leaderboard import leaderboard_markdown
 
         args.out.write_text(leaderboard_markdown(pd.read_parquet(args.summaries)))
+    elif args.command == "lr-sensitivity":
+        from .figures import lr_sensitivity, save
+
+        save(lr_sensitivity(pd.read_parquet(args.summaries)), args.out)
     else:
         from .figures import loss_curves, save
 

@@ -64,6 +64,50 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
     return fig
 
 
+def lr_sensitivity(summaries: pd.DataFrame) -> plt.Figure:
+    """Final metric against the configured learning rate, per task, for every implementation
+    run at two or more learning rates (seed 002's robustness claim). Points: mean over the seeds
+    that finished; bars: their min-max; a seed that failed (e.g. diverged) is counted in the
+    label, never drawn as a score."""
+    data = summaries.dropna(subset=["lr"])
+    swept = data.groupby(["task", "impl"])["lr"].transform("nunique") > 1
+    data = data[swept]
+    tasks = sorted(data["task"].unique())
+    if not tasks:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no implementation was run at two learning rates", ha="center")
+        ax.set_axis_off()
+        return fig
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        frame = data[data["task"] == task]
+        for impl, cells in frame.groupby("impl"):
+            rows = []
+            for lr, group in cells.groupby("lr"):
+                ok = group.loc[group["status"] == "ok", "final_metric"].dropna()
+                rows.append((lr, ok.mean(), ok.min(), ok.max(), len(group) - len(ok)))
+            lrs, mean, low, high, failed = map(list, zip(*rows, strict=True))
+            line = ax.errorbar(
+                lrs,
+                mean,
+                yerr=[[m - lo for m, lo in zip(mean, low, strict=True)],
+                      [hi - m for m, hi in zip(mean, high, strict=True)]],
+                marker="o",
+                capsize=3,
+                label=impl,
+            )  # fmt: skip
+            for lr, m, f in zip(lrs, mean, failed, strict=True):
+                if f:
+                    y = m if m == m else ax.get_ylim()[0]
+                    ax.annotate(f"{f} failed", (lr, y), color=line[0].get_color(), fontsize=8)
+        ax.set_xscale("log")
+        metric = frame["metric"].dropna()
+        ax.set(title=task, xlabel="learning rate", ylabel=metric.iloc[0] if len(metric) else "")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

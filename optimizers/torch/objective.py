@@ -255,6 +255,18 @@ class Objective:
         self.counters.backward += 1
         return tuple(per_example[n].square().mean(0) for n in self._names)
 
+    def sampled_gradient(self, generator: torch.Generator | None = None) -> Vector:
+        """Gradient of the loss against targets drawn from the model's own predictive
+        distribution (:meth:`sample_targets`) on one forward pass: the Gauss-Newton-Bartlett
+        estimator's g_hat (Sophia-G). One forward, one backward."""
+        with torch.enable_grad():
+            out = self.model(self.inputs)
+            sampled = self.sample_targets(out, generator)
+            grads = torch.autograd.grad(self.loss_fn(out, sampled), self.params)
+        self.counters.forward += 1
+        self.counters.backward += 1
+        return grads
+
     def subset(self, n: int) -> Objective:
         """The objective on the batch's first ``n`` examples, sharing these counters (Martens'
         curvature mini-batch is a subset of the gradient mini-batch)."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .baselines import AdamWConfig, LBFGSConfig, SGDConfig
+from .diagonal import AdaHessian, Sophia
 from .hessian_free import HessianFreeGN, NewtonCG
 from .newton import DampedNewton, Newton
 
@@ -29,6 +30,8 @@ OPTIMIZERS: dict[str, type] = {
     "damped_newton": DampedNewton,
     "newton_cg": NewtonCG,
     "hf_gn": HessianFreeGN,
+    "adahessian": AdaHessian,
+    "sophia": Sophia,
 }
 
 

@@ -50,3 +50,19 @@ rule figures:
     shell:
         "MPLBACKEND=Agg hessbench-report figures --runs {input.runs:q} "
         "--by-step {output.step:q} --by-wall {output.wall:q} > {log:q} 2>&1"
+
+
+rule lr_sensitivity:
+    input:
+        summaries=f"results/{SCALE}/summaries.parquet",
+    output:
+        report(
+            f"results/{SCALE}/figures/lr_sensitivity.png",
+            caption="../report/lr_sensitivity.rst",
+            category="Robustness",
+        ),
+    log:
+        f"results/{SCALE}/logs/lr_sensitivity.log",
+    shell:
+        "MPLBACKEND=Agg hessbench-report lr-sensitivity --summaries {input.summaries:q} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -266,3 +266,35 @@ def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
 def test_status_without_reason_is_shown_plainly():
     frame = pd.DataFrame([cell("newton", 0, status="infeasible", reason=None)])
     assert rank_task(frame)["status"].tolist() == ["infeasible (1/1)"]
+
+
+def test_lr_sensitivity_draws_swept_implementations_and_counts_failures():
+    from hessbench.reports.figures import lr_sensitivity
+
+    rows = [
+        cell("adamw", 0, final=0.96, impl="adamw", lr=1e-3),
+        cell("adamw", 1, final=0.98, impl="adamw", lr=1e-3),
+        cell("adamw_lr10x", 0, final=0.90, impl="adamw", lr=1e-2),
+        cell("adamw_lr10x", 1, impl="adamw", lr=1e-2, status="diverged", reason="nan"),
+        cell("sgd", 0, final=0.9, impl="sgd", lr=0.05),  # one learning rate: not a sweep
+        cell("lbfgs", 0, final=0.9, impl="lbfgs", lr=None),
+    ]
+    fig = lr_sensitivity(pd.DataFrame(rows))
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adamw"]
+    (bars,) = ax.containers  # one errorbar series
+    line = bars.lines[0]
+    assert list(line.get_xdata()) == [1e-3, 1e-2]
+    assert list(line.get_ydata()) == pytest.approx([0.97, 0.90])
+    assert [t.get_text() for t in ax.texts] == ["1 failed"]
+    assert ax.get_xscale() == "log"
+
+
+def test_aggregate_reads_the_configured_learning_rate(tmp_path):
+    plan = load(scale="smoke")
+    entry = next(c for c in plan.cells if c.optimizer == "adamw_lr10x")
+    summary = {"status": "ok", "config": dataclasses.asdict(entry), **{k: None for k in IDENTITY}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    _, summaries = aggregate([path])
+    assert summaries["lr"].tolist() == [0.01]

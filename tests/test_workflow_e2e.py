@@ -75,12 +75,15 @@ def test_every_cell_ran_and_only_the_diverging_one_failed(smoke):
 
 
 def test_curvature_methods_log_their_step_records(smoke):
-    """CG iterations, damping, step size and rejected steps reach metrics.parquet."""
+    """Step records (CG iterations, damping, step size, rejected steps, Hessian refreshes,
+    Sophia's clip fraction) reach metrics.parquet."""
     base = smoke / "results" / "smoke" / "mnist_mlp"
     for optimizer, columns in {
         "hf_gn": ["cg_iters", "damping", "step_size", "rejected_steps", "cg_chosen_iter"],
         "newton_cg": ["cg_iters", "damping", "step_size", "rejected_steps"],
         "newton": ["negative_eigenvalues", "indefinite_steps", "damping", "step_size"],
+        "sophia_g": ["hessian_updates", "clip_fraction"],
+        "adahessian": ["hessian_updates"],
     }.items():
         metrics = pd.read_parquet(base / optimizer / "torch" / "seed0" / "metrics.parquet")
         logged = metrics.dropna(subset=["train_loss"])

@@ -173,10 +173,9 @@ class AdaHessian(_DiagonalCurvature):
         if self.hessian_power != 1:
             torch._foreach_pow_(denom, self.hessian_power)
         torch._foreach_add_(denom, group["eps"])
-        update = torch._foreach_div(m, denom)
         if group["weight_decay"]:  # decoupled: theta -= lr wd theta
             torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-        torch._foreach_add_(params, update, alpha=-group["lr"] / (1 - b1**t))
+        torch._foreach_addcdiv_(params, m, denom, value=-group["lr"] / (1 - b1**t))
         return {"loss": loss, "hessian_updates": vector["hessian_updates"]}
 
 

@@ -219,3 +219,15 @@ def test_state_dict_carries_the_generator(cls):
     run(opt, model, 3)
     run(twin_opt, twin, 3)
     assert torch.equal(model.theta, twin.theta)
+
+
+def test_sophia_with_zero_curvature_takes_sign_steps_plus_decay():
+    theta0 = torch.tensor([0.4, -0.7, 0.2, 0.0], dtype=F64)
+    c = torch.tensor([1.0, -3.0, 0.5, 0.0], dtype=F64)  # linear: H = 0, so h stays 0
+    model = Scalar(lambda t: (c * t).sum(), theta0)
+    lr, wd = 0.01, 0.1
+    opt = Sophia([model.theta], lr=lr, betas=(0.0, 0.99), weight_decay=wd, estimator="hutchinson")
+    opt.step(objective(model))
+    assert torch.equal(opt.state[model.theta]["hessian"], torch.zeros(4, dtype=F64))
+    expected = theta0 - lr * torch.sign(c) - lr * wd * theta0  # m = 0 moves nothing
+    assert_close(model.theta.detach(), expected, rtol=0, atol=1e-15)

@@ -179,10 +179,22 @@ class Objective:
             loss = self.loss_fn(self.model(self.inputs), self.targets)
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
 
+        # A gradient entry that does not depend on the parameters (a loss linear in them) has
+        # a zero Hessian row block and no graph to differentiate.
+        live = [i for i, g in enumerate(grads) if g.requires_grad]
+
         def apply(v: Sequence[Tensor], batched: bool = False) -> Vector:
             self.counters.hvp += len(v[0]) if batched else 1
+            if not live:
+                return tuple(torch.zeros_like(vi) for vi in v)
             return torch.autograd.grad(
-                grads, self.params, tuple(v), retain_graph=True, is_grads_batched=batched
+                [grads[i] for i in live],
+                self.params,
+                [v[i] for i in live],
+                retain_graph=True,
+                is_grads_batched=batched,
+                allow_unused=True,
+                materialize_grads=True,
             )
 
         return Curvature(loss.detach(), tuple(g.detach() for g in grads), apply)

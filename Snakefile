@@ -23,6 +23,7 @@ CELLS = PLAN.cells
 
 include: "workflows/rules/cells.smk"
 include: "workflows/rules/report.smk"
+include: "workflows/rules/overhead.smk"
 
 
 rule all:

@@ -4,8 +4,11 @@ counters, determinism."""
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
+import pytest
+import torch
 
 from hessbench.tasks import mnist_mlp
 from hessbench.tasks.mnist_data import bundled_dir
@@ -103,3 +106,19 @@ def test_infeasible_cell_is_recorded_without_loading_data(tmp_path, monkeypatch)
     summary, metrics = run(tmp_path, smoke_cell())
     assert summary["status"] == "infeasible" and summary["reason"] == "too big for the test"
     assert metrics.empty
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak-RSS reset")
+def test_cpu_peak_memory_resets_and_sees_later_allocations():
+    from hessbench.workflows.measure import peak_memory_bytes, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = torch.ones(50_000_000)  # 200 MB, mapped and unmapped on its own by glibc
+    del big
+    high = peak_memory_bytes(cpu)
+    reset_peak_memory(cpu)
+    low = peak_memory_bytes(cpu)
+    assert low < high - 150e6  # the reset forgot the freed 200 MB
+    more = torch.ones(25_000_000)  # 100 MB
+    assert peak_memory_bytes(cpu) >= low + 90e6
+    del more

@@ -55,16 +55,27 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    try:  # Linux: "5" resets the peak RSS (VmHWM, which ru_maxrss reads) to the current RSS
+    try:  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # elsewhere the peak counts from process start
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: peak bytes allocated by torch. CPU: the process's peak resident set size."""
+    """CUDA: peak bytes allocated by torch. CPU: the process's peak resident set size.
+
+    On Linux the peak is VmHWM, the high-water mark ``reset_peak_memory`` resets.
+    ``getrusage``'s ru_maxrss is not usable after a reset: it also keeps the peak of threads
+    that have exited (seen when data loading ran in threads), so it can stay at the old peak.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
 

@@ -1,0 +1,78 @@
+"""The overhead benchmark's pieces on the smoke scale: a timed pair, a memory probe in a fresh
+process, the table's rows for missing and infeasible optimizers, and the Snakemake target."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import hessbench
+
+REPO = Path(hessbench.__file__).parent
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def overhead():
+    spec = importlib.util.spec_from_file_location("overhead", REPO / "benchmarks" / "overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["overhead"] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_pair_alternates_on_shared_batches_and_counts_the_methods_oracles(overhead):
+    entries = overhead.config_entries(overhead.DEFAULT_CONFIG)
+    pair = overhead.Pair("x", "sophia_h", "adamw", {"update_interval": 2})
+    row = overhead.time_pair(pair, "mnist_mlp", "smoke", CPU, entries, steps=6, warmup=2,
+                             budget_s=60.0)  # fmt: skip
+    assert row["steps"] == 6 and row["time ratio"] > 0
+    assert row["time min"] <= row["time ratio"] <= row["time max"]
+    # 8 steps, a Hutchinson refresh on every second: 4 HVPs
+    assert row["oracle calls per step"] == "forward 1.00, backward 1.00, hvp 0.50"
+    assert row["state / param bytes"] == pytest.approx(2.0, rel=1e-3)  # m and h
+
+
+def test_memory_probe_sees_optimizer_state_and_transients(overhead):
+    sizes = {
+        entry: overhead.memory_of(entry, {}, "mnist_mlp", "sgd", "smoke", 2, CPU, 1)
+        for entry in ("sgd", "adahessian", overhead.FORWARD)
+    }
+    assert 0 < sizes[overhead.FORWARD] < sizes["sgd"] < sizes["adahessian"]
+
+
+def test_table_lists_missing_and_infeasible_optimizers(overhead):
+    args = Namespace(threads=1, scale="smoke")
+    table = pd.DataFrame([
+        {"pair": "HiZOO vs MeZO", "paper": "1.4-1.5", "time goal": 1.4,
+         "status": "not landed (hizoo, mezo)"},
+        {"pair": "newton vs SGD", "task": "big", "status": "infeasible: needs 154 GiB"},
+        {"pair": "Sophia-G vs AdamW", "task": "mnist_mlp", "params": 100, "steps": 50,
+         "time ratio": 1.04, "time min": 1.0, "time max": 1.1, "time goal": 1.03,
+         "memory ratio": 1.2, "memory goal": 1.5, "status": "ok"},
+    ])  # fmt: skip
+    lines = overhead.markdown(table, CPU, args).splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert rows["HiZOO vs MeZO"].endswith("| not landed (hizoo, mezo) |")
+    assert "nan" not in rows["HiZOO vs MeZO"]
+    assert "infeasible: needs 154 GiB" in rows["newton vs SGD"]
+    assert "| time > 1.03, memory ok |" in rows["Sophia-G vs AdamW"]
+
+
+def test_snakemake_knows_the_overhead_target(tmp_path):
+    options = tmp_path / "overhead.yaml"
+    options.write_text("overhead: {steps: 5, budget: 1.5}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "overhead",
+         "--directory", str(tmp_path), "--config", "scale=smoke", "--configfile", str(options)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "overhead" in out.stdout and "--steps 5 --budget 1.5" in out.stdout + out.stderr

@@ -73,6 +73,7 @@ class Run:
         self.loop_s = 0.0
         self.bar = None
         self.train_loss_full: float | None = None
+        self._peak, self._peak_read_at = 0, -math.inf
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -152,7 +153,7 @@ class Run:
             "val_loss": metrics["val_loss"] if metrics else None,
             "val_metric": metrics["val_metric"] if metrics else None,
             **self.counters.as_dict(),
-            "peak_mem_bytes": peak_memory_bytes(self.device),
+            "peak_mem_bytes": self._peak_memory(fresh=metrics is not None),
             "lr": group.get("lr"),
         }
         for key, value in (record or {}).items():
@@ -161,6 +162,15 @@ class Run:
         self.rows.append(row)
         if self.tracker:
             self.tracker.add(row)
+
+    def _peak_memory(self, fresh: bool) -> int:
+        """The peak so far. On CPU reading it costs tens of microseconds (a /proc file), so
+        between evaluations it is re-read at most once a second; the peak only grows, so a
+        row may under-report by what that second added, never over-report."""
+        now = time.perf_counter()
+        if fresh or self.device.type == "cuda" or now - self._peak_read_at > 1.0:
+            self._peak, self._peak_read_at = peak_memory_bytes(self.device), now
+        return self._peak
 
     # -- results -----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

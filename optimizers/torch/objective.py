@@ -136,16 +136,9 @@ class Objective:
         self.counters.backward += 1
         return value.detach(), grads
 
-    # -- functional views used by curvature products ---------------------------------------
+    # -- functional view used by per-example gradients ----------------------------------------
     def _as_dict(self, tensors: Sequence[Tensor]) -> dict[str, Tensor]:
         return dict(zip(self._names, tensors, strict=True))
-
-    def _outputs_of(self, params: dict[str, Tensor]) -> Tensor:
-        # Parameters the optimizer does not own stay at their current values.
-        return functional_call(self.model, (params, self._buffers), (self.inputs,), strict=False)
-
-    def _loss_of(self, params: dict[str, Tensor]) -> Tensor:
-        return self.loss_fn(self._outputs_of(params), self.targets)
 
     def _primal(self) -> dict[str, Tensor]:
         return self._as_dict([p.detach() for p in self.params])

@@ -87,8 +87,28 @@ class _DiagonalCurvature(ObjectiveOptimizer):
         hz = operator.apply(z)
         return operator.loss, operator.grad, torch._foreach_mul(z, hz)
 
-    def _due(self) -> bool:
-        return self.vector_state["step"] % self.update_interval == 0
+    def _estimate(self, objective: Objective):
+        return self._hutchinson(objective)
+
+    def _gradient(self, objective: Objective):
+        """Loss and gradient, and on the scheduled steps (every ``update_interval``, the first
+        included) the fresh diagonal estimate, else None. Counts the step."""
+        vector = self.vector_state
+        estimates = None
+        if vector["step"] % self.update_interval == 0:
+            loss, grads, estimates = self._estimate(objective)
+            vector["hessian_updates"] += 1
+        else:
+            loss, grads = objective.loss_and_grad()
+        vector["step"] += 1
+        return loss, grads, estimates
+
+    def _buffers(self, name: str) -> list[Tensor]:
+        """Per-tensor state ``name`` for every parameter, zeros on first use."""
+        for p in self.flat_params:
+            if name not in self.state[p]:
+                self.state[p][name] = torch.zeros_like(p)
+        return [self.state[p][name] for p in self.flat_params]
 
     def state_dict(self):
         out = super().state_dict()
@@ -137,33 +157,18 @@ class AdaHessian(_DiagonalCurvature):
         super().__init__(params, defaults, update_interval, seed)
         self.hessian_power, self.block_size = hessian_power, block_size
 
-    def _moments(self):
-        if "exp_avg" not in self.state[self.flat_params[0]]:
-            for p in self.flat_params:
-                self.state[p]["exp_avg"] = torch.zeros_like(p)
-                self.state[p]["exp_hessian_diag_sq"] = torch.zeros_like(p)
-        return (
-            [self.state[p]["exp_avg"] for p in self.flat_params],
-            [self.state[p]["exp_hessian_diag_sq"] for p in self.flat_params],
-        )
-
     @torch.no_grad()
     def step(self, closure: Objective) -> dict:  # type: ignore[override]
         objective = self.objective(closure)
         group, vector, params = self.param_groups[0], self.vector_state, self.flat_params
-        due = self._due()
-        if due:
-            loss, grads, estimates = self._hutchinson(objective)
+        loss, grads, estimates = self._gradient(objective)
+        if estimates is not None:
             torch._foreach_abs_(estimates)
             for p, d in zip(params, estimates, strict=True):
                 self.state[p]["hessian_diag"] = spatial_average(d, self.block_size)
-            vector["hessian_updates"] += 1
-        else:
-            loss, grads = objective.loss_and_grad()
-        vector["step"] += 1
         t = vector["step"]
         b1, b2 = group["betas"]
-        m, v = self._moments()
+        m, v = self._buffers("exp_avg"), self._buffers("exp_hessian_diag_sq")
         diag = [self.state[p]["hessian_diag"] for p in params]
         torch._foreach_lerp_(m, grads, 1 - b1)
         torch._foreach_mul_(v, b2)
@@ -233,21 +238,11 @@ class Sophia(_DiagonalCurvature):
     def step(self, closure: Objective) -> dict:  # type: ignore[override]
         objective = self.objective(closure)
         group, vector, params = self.param_groups[0], self.vector_state, self.flat_params
-        due = self._due()
-        if due:
-            loss, grads, estimates = self._estimate(objective)
-            vector["hessian_updates"] += 1
-        else:
-            loss, grads = objective.loss_and_grad()
-        vector["step"] += 1
+        loss, grads, estimates = self._gradient(objective)
+        due = estimates is not None
         b1, b2 = group["betas"]
         lr, rho, eps = group["lr"], group["rho"], group["eps"]
-        if "exp_avg" not in self.state[params[0]]:
-            for p in params:
-                self.state[p]["exp_avg"] = torch.zeros_like(p)
-                self.state[p]["hessian"] = torch.zeros_like(p)
-        m = [self.state[p]["exp_avg"] for p in params]
-        h = [self.state[p]["hessian"] for p in params]
+        m, h = self._buffers("exp_avg"), self._buffers("hessian")
         if due:
             torch._foreach_lerp_(h, estimates, 1 - b2)
         if group["weight_decay"]:

@@ -14,6 +14,8 @@ from hessbench.optimizers.torch.baselines import AdamWConfig, LBFGSConfig, SGDCo
 from hessbench.optimizers.torch.objective import Counters, Objective
 from hessbench.optimizers.torch.registry import OPTIMIZERS, ConfigError, build_config
 
+from problems import Scalar, rosenbrock
+
 N, D_IN, D_OUT = 32, 4, 2
 EXACT = dict(rtol=1e-13, atol=1e-15)
 
@@ -214,25 +216,12 @@ def test_build_config_errors():
     assert build_config("lbfgs", {"max_iter": 5}) == LBFGSConfig(max_iter=5)
 
 
-class Rosenbrock(nn.Module):
-    """f(a, b) = (1 - a)^2 + 100 (b - a^2)^2 as a 'model' whose output is the loss itself:
-    a non-convex valley with its minimum at (1, 1)."""
-
-    def __init__(self):
-        super().__init__()
-        self.xy = nn.Parameter(torch.tensor([-1.2, 1.0], dtype=torch.float64))
-
-    def forward(self, _inputs):
-        a, b = self.xy
-        return (1 - a) ** 2 + 100 * (b - a**2) ** 2
-
-
 def test_lbfgs_solves_rosenbrock_through_the_objective():
-    model = Rosenbrock()
+    model = Scalar(rosenbrock, [-1.2, 1.0])
     opt = LBFGSConfig(tolerance_grad=1e-12, tolerance_change=1e-15).build(model.parameters())
     counters = Counters()
     batch = (torch.zeros(1), torch.zeros(1))
     for _ in range(5):
-        opt.step(Objective(model, lambda out, _t: out, batch, [model.xy], counters))
-    assert_close(model.xy.detach(), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-8)
-    assert counters.forward == counters.backward == opt.state[model.xy]["func_evals"]
+        opt.step(Objective(model, lambda out, _t: out, batch, [model.theta], counters))
+    assert_close(model.theta.detach(), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-8)
+    assert counters.forward == counters.backward == opt.state[model.theta]["func_evals"]

@@ -1,55 +1,21 @@
-"""Newton, damped Newton / Levenberg-Marquardt, Newton-CG, Hessian-free Gauss-Newton and their
-shared CG, line search and damping rule, against closed-form truths computed in the tests."""
+"""Newton, damped Newton / Levenberg-Marquardt, Newton-CG and Hessian-free Gauss-Newton against
+closed-form truths computed in the tests (their shared solvers: test_solvers.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
-from hessbench.optimizers.torch.cg import conjugate_gradient, martens_schedule
-from hessbench.optimizers.torch.damping import levenberg_marquardt, reduction_ratio
+from hessbench.optimizers.torch.cg import martens_schedule
 from hessbench.optimizers.torch.hessian_free import HessianFreeGN, NewtonCG
-from hessbench.optimizers.torch.linesearch import armijo
 from hessbench.optimizers.torch.newton import DampedNewton, Newton
 from hessbench.optimizers.torch.objective import Counters, Infeasible, Objective
 from hessbench.optimizers.torch.registry import ConfigError, build_config
 
-F64 = torch.float64
-
-
-class Scalar(nn.Module):
-    """A 'model' whose output is the loss itself: f(theta) for a given function f."""
-
-    def __init__(self, f, theta):
-        super().__init__()
-        self.f = f
-        self.theta = nn.Parameter(torch.as_tensor(theta, dtype=F64).clone())
-
-    def forward(self, _inputs):
-        return self.f(self.theta)
-
-
-def objective(model, counters=None) -> Objective:
-    batch = (torch.zeros(1, dtype=F64), torch.zeros(1, dtype=F64))
-    return Objective(model, lambda out, _t: out, batch, [model.theta], counters)
-
-
-def spd(eigenvalues, seed=0):
-    """Q diag(eigenvalues) Q^T with a random orthogonal Q, and Q."""
-    gen = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(
-        torch.randn(len(eigenvalues), len(eigenvalues), generator=gen, dtype=F64)
-    )
-    return q @ torch.diag(torch.as_tensor(eigenvalues, dtype=F64)) @ q.T, q
-
-
-def quadratic(a, b):
-    return lambda t: 0.5 * t @ a @ t - b @ t
-
+from problems import F64, Scalar, quadratic, rosenbrock, spd
+from problems import scalar_objective as objective
 
 EIGS = [0.5, 1.0, 2.0, 3.0, 7.0, 10.0]
 
@@ -102,10 +68,6 @@ def test_newton_pseudo_inverse_ignores_a_null_direction():
     assert_close(model.theta.detach(), torch.tensor([1.0, 3.0], dtype=F64), rtol=0, atol=1e-12)
 
 
-def rosenbrock(t):
-    return (1 - t[0]) ** 2 + 100 * (t[1] - t[0] ** 2) ** 2
-
-
 def test_newton_converges_quadratically_near_the_rosenbrock_minimum():
     model = Scalar(rosenbrock, [1.05, 1.08])
     opt = Newton([model.theta])
@@ -133,21 +95,6 @@ def test_dense_newton_past_its_memory_budget_is_infeasible_when_built():
 
 
 # -- Levenberg-Marquardt ---
-@pytest.mark.parametrize(
-    "rho, factor",
-    [(-math.inf, 1.5), (-1.0, 1.5), (0.2, 1.5), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0), (0.9, 2 / 3)],
-)
-def test_levenberg_marquardt_rule_with_its_unchanged_band(rho, factor):
-    assert levenberg_marquardt(3.0, rho) == pytest.approx(3.0 * factor, rel=1e-15)
-
-
-def test_reduction_ratio():
-    assert reduction_ratio(2.0, 1.0, -2.0) == 0.5
-    assert reduction_ratio(2.0, 3.0, -1.0) == -1.0
-    assert reduction_ratio(2.0, 1.0, 0.0) == -math.inf  # the model predicts no decrease
-    assert reduction_ratio(2.0, math.nan, -1.0) == -math.inf
-
-
 def test_levenberg_marquardt_rejects_a_step_that_raises_the_loss_and_boosts_lambda():
     # f = sqrt(1 + x^2): from x = 2 the (nearly) undamped Newton step goes to ~ -x^3 = -8.
     model = Scalar(lambda t: torch.sqrt(1 + t @ t), [2.0])
@@ -175,109 +122,6 @@ def test_levenberg_marquardt_rho_uses_the_damped_model():
     expected = ((f(theta0 + delta) - f(theta0)) / predicted).item()
     record = DampedNewton([model.theta], damping=lam, adaptive=True).step(objective(model))
     assert record["rho"] == pytest.approx(expected, rel=1e-10)
-
-
-# -- CG ---
-def test_cg_finishes_within_the_number_of_distinct_eigenvalues():
-    a, _ = spd([1.0] * 4 + [3.0] * 5 + [10.0] * 3, seed=3)
-    b = torch.randn(12, generator=torch.Generator().manual_seed(0), dtype=F64)
-    result = conjugate_gradient(lambda v: a @ v, b, max_iter=50, tol=1e-10)
-    assert result.reason == "tolerance" and result.iterations == 3
-    assert_close(result.x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-12)
-    assert result.q == pytest.approx((0.5 * result.x @ a @ result.x - b @ result.x).item())
-
-
-def test_cg_exits_on_negative_curvature_with_a_descent_direction():
-    a, _ = spd([-1.0, 2.0, 5.0])
-    b = torch.tensor([1.0, 1.0, 1.0], dtype=F64)  # b = -g
-    result = conjugate_gradient(lambda v: a @ v, b, max_iter=10)
-    assert result.negative_curvature
-    assert torch.dot(b, result.x) > 0  # descent for g = -b
-    assert result.q == pytest.approx((0.5 * result.x @ a @ result.x - b @ result.x).item())
-
-
-def test_cg_preconditioned_by_the_exact_diagonal_solves_a_diagonal_system_in_one_step():
-    a = torch.diag(torch.tensor([1.0, 100.0, 1e4], dtype=F64))
-    b = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
-    result = conjugate_gradient(
-        lambda v: a @ v, b, max_iter=10, tol=1e-12, precondition=lambda r: r / a.diagonal()
-    )
-    assert result.iterations == 1
-    assert_close(result.x, b / a.diagonal())
-
-
-def test_martens_schedule_and_stored_iterates():
-    assert sorted(martens_schedule(30)) == [5, 7, 9, 11, 15, 19, 25]
-    a, _ = spd(torch.linspace(0.01, 1, 40).tolist(), seed=5)
-    b = torch.ones(40, dtype=F64)
-    result = conjugate_gradient(lambda v: a @ v, b, max_iter=20, keep_iterates=True)
-    assert [i for i, _, _ in result.iterates] == [5, 7, 9, 11, 15, 19, 20]
-    for i, x, q in result.iterates:
-        alone = conjugate_gradient(lambda v: a @ v, b, max_iter=i)
-        assert_close(x, alone.x, rtol=0, atol=0)
-        assert q == alone.q
-
-
-def test_cg_stops_by_martens_relative_progress_rule():
-    a, _ = spd(torch.logspace(-4, 0, 200).tolist(), seed=6)
-    b = torch.randn(200, generator=torch.Generator().manual_seed(1), dtype=F64)
-    eps = 5e-3
-    q = [0.0] + [conjugate_gradient(lambda v: a @ v, b, max_iter=i).q for i in range(1, 121)]
-    expected = next(
-        i
-        for i in range(1, 121)
-        if i > (k := max(10, math.ceil(0.1 * i)))
-        and q[i] < 0
-        and (q[i] - q[i - k]) / q[i] < k * eps
-    )
-    result = conjugate_gradient(lambda v: a @ v, b, max_iter=120, progress_eps=eps)
-    assert result.reason == "progress" and result.iterations == expected
-
-
-def test_cg_drops_a_warm_start_worse_than_zero():
-    a, _ = spd(EIGS)
-    b = torch.ones(len(EIGS), dtype=F64)
-    bad = -10 * torch.linalg.solve(a, b)  # q(bad) > 0
-    result = conjugate_gradient(lambda v: a @ v, b, bad, max_iter=1)
-    fresh = conjugate_gradient(lambda v: a @ v, b, max_iter=1)
-    assert_close(result.x, fresh.x) and result.matvecs == 2
-
-
-# -- line search ---
-def test_armijo_backtracks_to_the_first_sufficient_decrease():
-    theta = nn.Parameter(torch.tensor([1.0], dtype=F64))
-    direction = torch.tensor([-10.0], dtype=F64)  # the exact minimiser is at alpha = 0.1
-
-    def loss():
-        return (theta.detach() ** 2).sum().item()
-
-    slope = 2 * 1.0 * -10.0
-    expected, alpha = None, 1.0
-    for _ in range(60):
-        if (1 + alpha * -10) ** 2 <= 1 + 1e-2 * alpha * slope:
-            expected = alpha
-            break
-        alpha *= 0.8
-    result = armijo(loss, [theta], torch.tensor([1.0], dtype=F64), direction, 1.0, slope, 1.0)
-    assert result.step_size == pytest.approx(expected, rel=1e-15)
-    assert_close(theta.detach(), torch.tensor([1.0 - 10 * expected], dtype=F64))
-
-
-def test_armijo_rejects_an_ascent_direction_and_restores_exactly():
-    theta = nn.Parameter(torch.tensor([0.3], dtype=F64))
-    start = torch.tensor([0.3], dtype=F64)
-    result = armijo(
-        lambda: (theta.detach() ** 2).sum().item(),
-        [theta],
-        start,
-        torch.ones(1, dtype=F64),
-        0.09,
-        0.6,
-        1.0,
-        max_trials=5,
-    )
-    assert result.step_size == 0 and result.trials == 5
-    assert torch.equal(theta.detach(), start)
 
 
 # -- Hessian-free methods ---
@@ -329,17 +173,13 @@ def test_hf_gn_step_counts_match_its_record():
         warm = 1 if step > 0 else 0  # the warm start's residual is one more product
         assert delta["ggnvp"] == record["cg_iters"] + warm
         assert delta["hvp"] == 0 and delta["backward"] == 1
-        stored = len(
-            [
-                i
-                for i in sorted(martens_schedule(7)) + [record["cg_iters"]]
-                if i <= record["cg_iters"]
-            ]
-        )
-        # the last iterate, then one more per backtracking comparison, then the line search
-        assert (
-            delta["forward"] >= 2 and delta["forward"] <= 1 + stored + record["line_search_trials"]
-        )
+        # backtracking: the last stored iterate, then one comparison per step back, plus the
+        # comparison that stopped it unless it reached the first iterate; then the line search
+        stored = sorted({i for i in martens_schedule(7) if i <= record["cg_iters"]}
+                        | {record["cg_iters"]})  # fmt: skip
+        back = len(stored) - 1 - stored.index(record["cg_chosen_iter"])
+        stopped = 1 if stored.index(record["cg_chosen_iter"]) > 0 else 0
+        assert delta["forward"] == 1 + 1 + back + stopped + record["line_search_trials"]
 
 
 def test_newton_cg_counts_hvps_as_cg_iterations():
@@ -429,3 +269,33 @@ def test_objective_must_be_over_the_optimizers_parameters():
         opt.step(Objective(model, mse, batch, [model.bias, model.weight]))
     with pytest.raises(TypeError, match="needs the Objective"):
         opt.step(lambda: 0.0)
+
+
+def test_hf_gn_warm_starts_cg_at_0_95_times_the_previous_solution():
+    """One CG iteration per step, so step 2's direction is one hand-computed CG step from
+    x0 = 0.95 d_1 on (G + lambda I) d = -g (G = H for a linear model with MSE)."""
+    model, (x, y) = least_squares(seed=6)
+    params = list(model.parameters())
+    lam = 3.0  # damped enough that successive directions agree
+    opt = HessianFreeGN(params, damping=lam, adaptive=False, cg_max_iter=1, backtrack=False)
+    opt.step(Objective(model, mse, (x, y), params, likelihood="gaussian"))
+    d1 = opt.vector_state["direction"].clone()
+
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    shapes = [(p.shape, p.numel()) for p in params]
+
+    def loss_of(theta):
+        w, b = (
+            c.view(s) for c, (s, _) in zip(theta.split([n for _, n in shapes]), shapes, strict=True)
+        )
+        return mse(x @ w.T + b, y)
+
+    a = torch.autograd.functional.hessian(loss_of, flat) + lam * torch.eye(len(flat), dtype=F64)
+    g = torch.autograd.functional.jacobian(loss_of, flat)
+    x0 = 0.95 * d1
+    r = -g - a @ x0
+    assert -0.5 * x0 @ (r - g) < 0  # the warm start beats zero, so CG keeps it
+    expected = x0 + (r @ r) / (r @ a @ r) * r
+
+    opt.step(Objective(model, mse, (x, y), params, likelihood="gaussian"))
+    assert_close(opt.vector_state["direction"], expected, rtol=1e-10, atol=1e-13)

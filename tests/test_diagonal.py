@@ -13,23 +13,8 @@ from torch.testing import assert_close
 from hessbench.optimizers.torch.diagonal import AdaHessian, Sophia, rademacher, spatial_average
 from hessbench.optimizers.torch.objective import Counters, Objective
 
-F64 = torch.float64
-
-
-class Scalar(nn.Module):
-    def __init__(self, f, theta):
-        super().__init__()
-        self.f = f
-        self.theta = nn.Parameter(torch.as_tensor(theta, dtype=F64).clone())
-
-    def forward(self, _inputs):
-        return self.f(self.theta)
-
-
-def objective(model, counters=None) -> Objective:
-    batch = (torch.zeros(1, dtype=F64), torch.zeros(1, dtype=F64))
-    return Objective(model, lambda out, _t: out, batch, [model.theta], counters)
-
+from problems import F64, Scalar
+from problems import scalar_objective as objective
 
 A = torch.tensor([0.5, 2.0, 7.0], dtype=F64)
 

@@ -71,6 +71,12 @@ SETTINGS = {
     # steps with momentum 0.965 settle slowly (error ~5e-5 after 500 steps).
     "adahessian": ({"lr": 0.1}, 500, 1e-9),
     "sophia": ({"lr": 0.05, "rho": 0.1, "weight_decay": 0.0}, 500, 1e-3),
+    # Zeroth order, full batch: the central difference is exact on a quadratic, so the SPSA
+    # noise vanishes with the gradient and the iterates converge linearly to the optimum.
+    "mezo": ({"lr": 0.05}, 1000, 1e-10),
+    "zo_adam": ({"lr": 1e-2}, 1000, 1e-8),
+    "hizoo": ({"lr": 0.05, "smoothing": 1e-3}, 2000, 1e-9),
+    "hizoo_l": ({"lr": 0.05, "smoothing": 1e-3}, 2000, 1e-9),
 }
 
 

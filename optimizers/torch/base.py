@@ -41,3 +41,28 @@ class ObjectiveOptimizer(torch.optim.Optimizer):
         ):
             raise ValueError("the objective's params must be the optimizer's, in the same order")
         return closure
+
+
+class RandomizedOptimizer(ObjectiveOptimizer):
+    """An optimizer that draws random vectors. The draws come from its own
+    ``torch.Generator``, never the global RNG (reseeding that would also reseed data order and
+    dropout); it is seeded by ``seed``, or when that is None by one draw from the global RNG at
+    construction (so a seeded run is reproducible), and its state is saved in ``state_dict``."""
+
+    def __init__(self, params, defaults: dict[str, Any], seed: int | None):
+        super().__init__(params, defaults)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        self.generator = torch.Generator(device=self.flat_params[0].device).manual_seed(seed)
+
+    def state_dict(self):
+        out = super().state_dict()
+        out["generator"] = self.generator.get_state()
+        return out
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        generator = state_dict.pop("generator", None)
+        super().load_state_dict(state_dict)
+        if generator is not None:
+            self.generator.set_state(generator)

@@ -10,9 +10,7 @@ Both precondition by an estimate of the Hessian's diagonal, refreshed every
   against targets drawn from the model's predictive distribution and B the number of
   predictions in the batch; its mean is the GGN's diagonal. One more forward and backward.
 
-The random draws come from the optimizer's own ``torch.Generator``, never the global RNG; it is
-seeded by ``seed``, or when that is None by one draw from the global RNG at construction (so a
-seeded run is reproducible), and its state is saved in ``state_dict``.
+The random draws come from the optimizer's own generator (:class:`RandomizedOptimizer`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import ObjectiveOptimizer
+from .base import RandomizedOptimizer
 from .objective import Objective
 
 BITS = 62  # random bits used per int64 draw: 2^62 is a power of two, so each bit is fair
@@ -59,7 +57,7 @@ def spatial_average(d: Tensor, block_size: int) -> Tensor:
     return torch.cat(parts, dim=1).reshape(d.shape)
 
 
-class _DiagonalCurvature(ObjectiveOptimizer):
+class _DiagonalCurvature(RandomizedOptimizer):
     def __init__(self, params, defaults, update_interval: int, seed: int | None):
         if not (isinstance(update_interval, int) and update_interval >= 1):
             raise ValueError(f"update_interval must be a positive integer, got {update_interval!r}")
@@ -68,13 +66,10 @@ class _DiagonalCurvature(ObjectiveOptimizer):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if not defaults["weight_decay"] >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {defaults['weight_decay']}")
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed)
         self.update_interval = update_interval
         self.sizes = [p.numel() for p in self.flat_params]
         self.numel = sum(self.sizes)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
-        self.generator = torch.Generator(device=self.flat_params[0].device).manual_seed(seed)
         self.vector_state.update(step=0, hessian_updates=0)
 
     def _hutchinson(self, objective: Objective):
@@ -109,18 +104,6 @@ class _DiagonalCurvature(ObjectiveOptimizer):
             if name not in self.state[p]:
                 self.state[p][name] = torch.zeros_like(p)
         return [self.state[p][name] for p in self.flat_params]
-
-    def state_dict(self):
-        out = super().state_dict()
-        out["generator"] = self.generator.get_state()
-        return out
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        generator = state_dict.pop("generator", None)
-        super().load_state_dict(state_dict)
-        if generator is not None:
-            self.generator.set_state(generator)
 
 
 class AdaHessian(_DiagonalCurvature):

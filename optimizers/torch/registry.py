@@ -21,6 +21,7 @@ from .baselines import AdamWConfig, LBFGSConfig, SGDConfig
 from .diagonal import AdaHessian, Sophia
 from .hessian_free import HessianFreeGN, NewtonCG
 from .newton import DampedNewton, Newton
+from .zeroth_order import HiZOO, HiZOOL, MeZO, ZOAdam
 
 OPTIMIZERS: dict[str, type] = {
     "sgd": SGDConfig,
@@ -32,6 +33,10 @@ OPTIMIZERS: dict[str, type] = {
     "hf_gn": HessianFreeGN,
     "adahessian": AdaHessian,
     "sophia": Sophia,
+    "mezo": MeZO,
+    "zo_adam": ZOAdam,
+    "hizoo": HiZOO,
+    "hizoo_l": HiZOOL,
 }
 
 

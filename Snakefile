@@ -32,5 +32,6 @@ rule all:
         f"results/{SCALE}/runs.parquet",
         f"results/{SCALE}/figures/loss_vs_step.png",
         f"results/{SCALE}/figures/loss_vs_wall.png",
+        f"results/{SCALE}/figures/loss_vs_forward.png",
         f"results/{SCALE}/figures/lr_sensitivity.png",
     default_target: True

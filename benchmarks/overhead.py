@@ -7,16 +7,19 @@ device-synced clock; noise on a shared machine hits both alike. Reported per pai
 - time ratio: the median over windows of 50 steps of (method's time / reference's time), with
   the min-max over windows. Windows hold whole refresh cycles (intervals 1, 5 and 10 divide
   50), so a delayed-update method's expensive steps are weighed as often as they happen;
-- peak memory ratio: each runner alone in a fresh process, the peak its steps add above what
-  is resident before the first (data, model, interpreter excluded; on CPU the resident set
-  with glibc told to unmap freed blocks, on CUDA torch's allocation), method / reference;
-- optimizer-state bytes / parameter bytes, and oracle calls per step, of the method.
+- peak memory ratio: each runner alone in a fresh process, the parameters' bytes plus the peak
+  its steps add above what is resident before the first (data and interpreter excluded; on
+  CPU the resident set with glibc told to unmap freed blocks, on CUDA torch's allocation),
+  method / reference: what training needs beyond the data, as in MeZO's inference-memory claim;
+- optimizer-state bytes / parameter bytes, and oracle calls per step, of the method; the
+  method's state bytes / the reference's (HiZOO-L's Hessian against HiZOO's).
 
 Pairs: the papers' (AdaHessian vs SGD at Hessian intervals 1 and 5, Sophia-G/H vs AdamW, HiZOO
-vs MeZO, MeZO vs forward passes only, NNCG vs L-BFGS), every optimizer entry of the config vs
-SGD, and the curvature products (GGN and Hessian-vector products inside CG) vs a gradient.
-A pair whose optimizer has not landed yet is listed as such. Also measured: the harness's own
-overhead per task (a real cell with SGD). Hyperparameters are the config's entries.
+vs MeZO, HiZOO-L vs HiZOO, MeZO vs forward passes only, NNCG vs L-BFGS), every optimizer entry
+of the config vs SGD, and the curvature products (GGN and Hessian-vector products inside CG)
+vs a gradient. A pair whose optimizer has not landed yet is listed as such. Also measured: the
+harness's own overhead per task (a real cell with SGD). Hyperparameters are the config's
+entries.
 
     python benchmarks/overhead.py --out results/overhead      # what `snakemake overhead` runs
 """
@@ -74,6 +77,7 @@ NAMED = [
     Pair("Sophia-G vs AdamW", "sophia_g", "adamw", {}, "1.05 (seed 000)", 1.03),
     Pair("Sophia-H vs AdamW", "sophia_h", "adamw", {}, "1.05 (seed 000)", 1.03),
     Pair("HiZOO vs MeZO", "hizoo", "mezo", {}, "1.4-1.5 (seed 001)", 1.40),
+    Pair("HiZOO-L vs HiZOO", "hizoo_l", "hizoo", {}, "1.06 (seed 001); Hessian ~0.1 P"),
     Pair("MeZO vs forward only", "mezo", FORWARD, {}, "inference memory", None, 1.05),
     Pair("NNCG vs L-BFGS (per iteration)", "nncg", "lbfgs"),
 ]  # fmt: skip
@@ -153,8 +157,9 @@ def time_pair(pair, task, scale, device, entries, steps, warmup, budget_s):
     ratios = [
         sum(a[i : i + width]) / sum(b[i : i + width]) for i in range(0, len(a) - width + 1, width)
     ]
-    method = runners[0]
+    method, reference = runners
     param_bytes = sum(p.numel() * p.element_size() for p in method.params)
+    reference_state = optimizer_state_bytes(reference.optimizer) if reference.optimizer else 0
     return {
         "task": task,
         "params": sum(p.numel() for p in method.params),
@@ -167,6 +172,9 @@ def time_pair(pair, task, scale, device, entries, steps, warmup, budget_s):
         "reference step (ms)": 1e3 * statistics.median(b),
         "state / param bytes": (
             optimizer_state_bytes(method.optimizer) / param_bytes if method.optimizer else 0.0
+        ),
+        "state ratio": (
+            optimizer_state_bytes(method.optimizer) / reference_state if reference_state else None
         ),
         "oracle calls per step": ", ".join(
             f"{k} {v / done:.2f}" for k, v in method.counters.as_dict().items() if v
@@ -210,9 +218,10 @@ def product_rows(task, scale, device, rounds):
 
 
 def probe_memory(entry, overrides, task, scale, device, steps, settings_of) -> int:
-    """Peak bytes the steps add above what is resident before the first one (interpreter,
-    data, model and the constructed optimizer excluded): state allocated on the first step,
-    gradients, graphs, activations and other transients. Run in a fresh process."""
+    """The parameters' bytes plus the peak bytes the steps add above what is resident before
+    the first one (interpreter, data and the constructed optimizer excluded): state allocated
+    on the first step, gradients, graphs, activations and other transients. Run in a fresh
+    process."""
     _, _, problem = build_problem(task, scale, device, settings_of)
     runner = Runner(entry, overrides, problem, problem.model, config_entries(DEFAULT_CONFIG))
     batches = [next(problem.batches) for _ in range(steps)]
@@ -221,7 +230,8 @@ def probe_memory(entry, overrides, task, scale, device, steps, settings_of) -> i
     before = peak_memory_bytes(device) if before is None else before
     for batch in batches:
         runner.step(batch)
-    return peak_memory_bytes(device) - before
+    params = sum(p.numel() * p.element_size() for p in runner.params)
+    return params + peak_memory_bytes(device) - before
 
 
 def memory_of(entry, overrides, task, settings_of, scale, steps, device, threads) -> int:
@@ -322,13 +332,14 @@ def markdown(table: pd.DataFrame, device: torch.device, args) -> str:
         f"torch {torch.__version__}, {args.threads} thread(s), the `{args.scale}` scale's tasks. "
         f"Time ratio: median over {WINDOW}-step windows of method time / reference time, with "
         "the min–max over windows (the harness row: its overhead as a fraction of the loop). "
-        "Memory: the peak the steps add above data and model, in a fresh process per runner "
-        "(MiB: method / reference).",
+        "Memory: the parameters plus the peak the steps add above them (data excluded), in a "
+        "fresh process per runner (MiB: method / reference). State ratio: the method's "
+        "optimizer state / the reference's.",
         "",
         "| pair | task | params | steps | time ratio | min–max | method step (ms) | "
-        "reference step (ms) | memory ratio (MiB) | state / param bytes | oracle calls / step | "
-        "paper | goal | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "reference step (ms) | memory ratio (MiB) | state / param bytes | state ratio | "
+        "oracle calls / step | paper | goal | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.to_dict("records"):
         spread = (
@@ -343,6 +354,7 @@ def markdown(table: pd.DataFrame, device: torch.device, args) -> str:
             f"({fmt(row.get('method step memory (MiB)'), '.1f')} / "
             f"{fmt(row.get('reference step memory (MiB)'), '.1f')}) | "
             f"{fmt(row.get('state / param bytes'), '.2f')} | "
+            f"{fmt(row.get('state ratio'), '.3f')} | "
             f"{text(row.get('oracle calls per step'))} | {text(row.get('paper'))} | "
             f"{verdict(row)} | {row.get('status')} |"
         )

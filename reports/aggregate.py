@@ -66,8 +66,8 @@ def aggregate(summary_paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame = pd.read_parquet(metrics)
         if frame.empty:
             continue
-        identity = {key: row[key] for key in IDENTITY + ["status"]}
+        identity = {key: row[key] for key in IDENTITY + ["status", "batch_size"]}
         frames.append(frame.assign(**identity)[[*identity, *frame.columns]])
-    empty = pd.DataFrame(columns=[*IDENTITY, "status", "step"])
+    empty = pd.DataFrame(columns=[*IDENTITY, "status", "batch_size", "step"])
     runs = pd.concat(frames, ignore_index=True) if frames else empty
     return runs, summaries

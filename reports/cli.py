@@ -19,10 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     board = sub.add_parser("leaderboard", help="summaries.parquet -> leaderboard.md")
     board.add_argument("--summaries", type=Path, required=True)
     board.add_argument("--out", type=Path, required=True)
-    figs = sub.add_parser("figures", help="runs.parquet -> loss-vs-step and -vs-wall PNGs")
+    figs = sub.add_parser("figures", help="runs.parquet -> loss vs step, wall, forwards PNGs")
     figs.add_argument("--runs", type=Path, required=True)
     figs.add_argument("--by-step", type=Path, required=True)
     figs.add_argument("--by-wall", type=Path, required=True)
+    figs.add_argument("--by-forward", type=Path, required=True)
     sens = sub.add_parser("lr-sensitivity", help="summaries.parquet -> metric vs lr PNG")
     sens.add_argument("--summaries", type=Path, required=True)
     sens.add_argument("--out", type=Path, required=True)
@@ -44,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
         save(lr_sensitivity(pd.read_parquet(args.summaries)), args.out)
     else:
-        from .figures import loss_curves, save
+        from .figures import FORWARD_EQUIVALENTS, loss_curves, save
 
         runs = pd.read_parquet(args.runs)
         save(loss_curves(runs, "step", "step"), args.by_step)
         save(loss_curves(runs, "wall_s", "wall-clock seconds (training step only)"), args.by_wall)
+        save(loss_curves(runs, "forward_equivalents", FORWARD_EQUIVALENTS), args.by_forward)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Loss curves: training and validation loss against steps and against wall-clock seconds,
-one panel per task, one colour per optimizer; against steps the line is the mean over seeds and
-the band their min-max, against seconds each seed is drawn (seeds share no x values)."""
+"""Loss curves: training and validation loss against steps, wall-clock seconds and forward-pass
+equivalents, one panel per task, one colour per optimizer; against steps the line is the mean
+over seeds and the band their min-max, against the others each seed is drawn (seeds share no
+x values)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ LOSSES = {
 }
 SMOOTH_ROWS = 10  # mini-batch losses are noisy: a running mean per cell shows the trend
 
+# Cost of each oracle call in forward passes: a backward pass is about two forwards, and a
+# Hessian- or GGN-vector product on a retained graph about one gradient (benchmarks/overhead.py
+# measured 1.07 and 1.11 gradients on 784-128-10). Times the batch size, so methods on larger
+# batches (L-BFGS) are charged for them: the x axis zeroth-order methods are judged on.
+ORACLE_COST = {"forward": 1, "backward": 2, "hvp": 3, "ggnvp": 3}
+FORWARD_EQUIVALENTS = "forward-pass equivalents x batch (forward 1, backward 2, HVP/GGN product 3)"
+
+
+def forward_equivalents(runs: pd.DataFrame) -> pd.Series:
+    cost = sum(runs[k].fillna(0) * w for k, w in ORACLE_COST.items() if k in runs)
+    return cost * runs["batch_size"]
+
 
 def _smoothed(runs: pd.DataFrame) -> pd.DataFrame:
     cells = runs.groupby(["task", "optimizer", "backend", "seed"], sort=False)["train_loss"]
@@ -37,6 +50,8 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
         return fig
     fig, axes = plt.subplots(len(LOSSES), len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
     runs = _smoothed(runs)
+    if x == "forward_equivalents":
+        runs = runs.assign(forward_equivalents=forward_equivalents(runs))
     for col, task in enumerate(tasks):
         frame = runs[runs["task"] == task]
         for row, (loss, label) in enumerate(LOSSES.items()):
@@ -46,7 +61,7 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
             if data.empty:
                 ax.set_axis_off()
                 continue
-            by_seed = x != "step"  # seeds do not share wall-clock x values: draw each
+            by_seed = x != "step"  # seeds share no wall-clock or cost x values: draw each
             sns.lineplot(
                 data=data,
                 x=x,

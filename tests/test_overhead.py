@@ -43,9 +43,12 @@ def test_a_pair_alternates_on_shared_batches_and_counts_the_methods_oracles(over
 def test_memory_probe_sees_optimizer_state_and_transients(overhead):
     sizes = {
         entry: overhead.memory_of(entry, {}, "mnist_mlp", "sgd", "smoke", 2, CPU, 1)
-        for entry in ("sgd", "adahessian", overhead.FORWARD)
+        for entry in ("sgd", "adahessian", "mezo", overhead.FORWARD)
     }
-    assert 0 < sizes[overhead.FORWARD] < sizes["sgd"] < sizes["adahessian"]
+    params = 784 * 32 + 32 + 32 * 10 + 10  # the smoke model, float32
+    assert 4 * params < sizes[overhead.FORWARD] < sizes["sgd"] < sizes["adahessian"]
+    # MeZO: inference plus one piece of z, well under SGD's gradient and momentum
+    assert sizes[overhead.FORWARD] < sizes["mezo"] < sizes["sgd"]
 
 
 def test_table_lists_missing_and_infeasible_optimizers(overhead):

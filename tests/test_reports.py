@@ -16,6 +16,7 @@ import pytest
 
 from hessbench.reports.aggregate import IDENTITY, SUMMARY_FIELDS, aggregate
 from hessbench.reports.cli import main
+from hessbench.reports.figures import forward_equivalents
 from hessbench.reports.leaderboard import leaderboard_markdown, rank_task
 from hessbench.workflows.config import load
 from hessbench.workflows.harness import run_cell
@@ -208,12 +209,13 @@ def test_cli_end_to_end_on_real_cells(tmp_path):
     out = tmp_path / "results" / "smoke"
     runs_p, sums_p, board = out / "runs.parquet", out / "summaries.parquet", out / "leaderboard.md"
     step_png, wall_png = out / "figures" / "loss_vs_step.png", out / "figures" / "loss_vs_wall.png"
+    forward_png = out / "figures" / "loss_vs_forward.png"
 
     assert main(["aggregate", *map(str, summaries_in), "--runs", str(runs_p),
                  "--summaries", str(sums_p)]) == 0  # fmt: skip
     assert main(["leaderboard", "--summaries", str(sums_p), "--out", str(board)]) == 0
     assert main(["figures", "--runs", str(runs_p), "--by-step", str(step_png),
-                 "--by-wall", str(wall_png)]) == 0  # fmt: skip
+                 "--by-wall", str(wall_png), "--by-forward", str(forward_png)]) == 0  # fmt: skip
 
     n_rows = sum(pq.read_metadata(p.parent / "metrics.parquet").num_rows for p in summaries_in)
     assert len(pd.read_parquet(runs_p)) == n_rows
@@ -238,7 +240,7 @@ def test_cli_end_to_end_on_real_cells(tmp_path):
                     cell_text += f" ± {statistics.stdev(times):.2f}"
                 assert f"| {cell_text} " in row
 
-    for png in (step_png, wall_png):
+    for png in (step_png, wall_png, forward_png):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
         image = mpimg.imread(png)
         # figsize (5 * n_tasks, 7) inches at 120 dpi
@@ -258,9 +260,20 @@ def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
         == 0
     )
     assert "infeasible (1/1): too big" in (out / "lb.md").read_text()
-    figures = ["--by-step", str(out / "a" / "s.png"), "--by-wall", str(out / "b" / "w.png")]
+    figures = ["--by-step", str(out / "a" / "s.png"), "--by-wall", str(out / "b" / "w.png"),
+               "--by-forward", str(out / "c" / "f.png")]  # fmt: skip
     assert main(["figures", "--runs", str(out / "runs.parquet"), *figures]) == 0
     assert (out / "b" / "w.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_forward_equivalents_weigh_each_oracle_and_the_batch():
+    runs = pd.DataFrame(
+        {"forward": [2, 1, 5], "backward": [0, 1, 1], "hvp": [0, 1, 0], "ggnvp": [0, 0, 4],
+         "batch_size": [64, 64, 1000]}
+    )  # fmt: skip
+    # MeZO's step (2 forwards), a Hutchinson step (forward, backward, HVP), HF with 4 products
+    expected = [2 * 64, (1 + 2 + 3) * 64, (5 + 2 + 12) * 1000]
+    assert forward_equivalents(runs).tolist() == expected
 
 
 def test_status_without_reason_is_shown_plainly():

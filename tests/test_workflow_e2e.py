@@ -119,7 +119,7 @@ def test_leaderboard_and_tables(smoke):
     assert "diverged (2/2): non-finite training loss" in board
     runs = pd.read_parquet(smoke / "results" / "smoke" / "runs.parquet")
     assert runs.groupby(["optimizer", "seed"]).ngroups == len(summaries(smoke))
-    for name in ("loss_vs_step.png", "loss_vs_wall.png"):
+    for name in ("loss_vs_step.png", "loss_vs_wall.png", "loss_vs_forward.png"):
         assert (smoke / "results" / "smoke" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -128,7 +128,7 @@ def test_snakemake_html_report_holds_leaderboard_and_figures(smoke):
                      str(smoke / "diverge.yaml"), "--report", "report.html")  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
     html = (smoke / "report.html").read_text()
-    for name in ("leaderboard.md", "loss_vs_step.png", "loss_vs_wall.png"):
+    for name in ("leaderboard.md", "loss_vs_step.png", "loss_vs_wall.png", "loss_vs_forward.png"):
         assert name in html
     assert "hessbench at scale" in html
 

@@ -45,11 +45,17 @@ rule figures:
             caption="../report/loss_vs_wall.rst",
             category="Loss curves",
         ),
+        forward=report(
+            f"results/{SCALE}/figures/loss_vs_forward.png",
+            caption="../report/loss_vs_forward.rst",
+            category="Loss curves",
+        ),
     log:
         f"results/{SCALE}/logs/figures.log",
     shell:
         "MPLBACKEND=Agg hessbench-report figures --runs {input.runs:q} "
-        "--by-step {output.step:q} --by-wall {output.wall:q} > {log:q} 2>&1"
+        "--by-step {output.step:q} --by-wall {output.wall:q} --by-forward {output.forward:q} "
+        "> {log:q} 2>&1"
 
 
 rule lr_sensitivity:

@@ -34,4 +34,6 @@ rule all:
         f"results/{SCALE}/figures/loss_vs_wall.png",
         f"results/{SCALE}/figures/loss_vs_forward.png",
         f"results/{SCALE}/figures/lr_sensitivity.png",
+        f"results/{SCALE}/figures/curvature.png",
+        f"results/{SCALE}/figures/spectral_density.png",
     default_target: True

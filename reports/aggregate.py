@@ -29,6 +29,7 @@ SUMMARY_FIELDS = IDENTITY + [
     "wall_s",
     "eval_s",
     "tracking_s",
+    "diagnostics_s",
     "loop_s",
     "harness_overhead",
     "mean_step_s",
@@ -54,6 +55,18 @@ def read_summary(path: Path) -> dict:
     row["device_name"] = (summary.get("provenance") or {}).get("device_name")
     row["cell_dir"] = str(Path(path).parent)
     return row
+
+
+def aggregate_diagnostics(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Every cell's diagnostics.parquet (curvature points) with the cell's identity."""
+    frames = []
+    for row in summaries.to_dict("records"):
+        path = Path(row["cell_dir"]) / "diagnostics.parquet"
+        if path.exists() and len(frame := pd.read_parquet(path)):
+            frames.append(frame.assign(**{key: row[key] for key in IDENTITY}))
+    if not frames:
+        return pd.DataFrame(columns=[*IDENTITY, "step", "kind"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def aggregate(summary_paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:

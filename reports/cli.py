@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     agg.add_argument("summary_files", nargs="+", type=Path)
     agg.add_argument("--runs", type=Path, required=True)
     agg.add_argument("--summaries", type=Path, required=True)
+    agg.add_argument("--diagnostics", type=Path, help="also write the curvature points here")
     board = sub.add_parser("leaderboard", help="summaries.parquet -> leaderboard.md")
     board.add_argument("--summaries", type=Path, required=True)
     board.add_argument("--out", type=Path, required=True)
@@ -24,22 +25,35 @@ def main(argv: list[str] | None = None) -> int:
     figs.add_argument("--by-step", type=Path, required=True)
     figs.add_argument("--by-wall", type=Path, required=True)
     figs.add_argument("--by-forward", type=Path, required=True)
+    curv = sub.add_parser("curvature", help="diagnostics.parquet -> curvature and density PNGs")
+    curv.add_argument("--diagnostics", type=Path, required=True)
+    curv.add_argument("--curves", type=Path, required=True)
+    curv.add_argument("--density", type=Path, required=True)
     sens = sub.add_parser("lr-sensitivity", help="summaries.parquet -> metric vs lr PNG")
     sens.add_argument("--summaries", type=Path, required=True)
     sens.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "aggregate":
-        from .aggregate import aggregate
+        from .aggregate import aggregate, aggregate_diagnostics
 
         runs, summaries = aggregate(args.summary_files)
         runs.to_parquet(args.runs, index=False)
         summaries.to_parquet(args.summaries, index=False)
+        if args.diagnostics:
+            aggregate_diagnostics(summaries).to_parquet(args.diagnostics, index=False)
         print(f"{len(summaries)} cells, {len(runs)} metric rows")
     elif args.command == "leaderboard":
         from .leaderboard import leaderboard_markdown
 
         args.out.write_text(leaderboard_markdown(pd.read_parquet(args.summaries)))
+    elif args.command == "curvature":
+        from .curvature import curvature_curves, spectral_densities
+        from .figures import save
+
+        diagnostics = pd.read_parquet(args.diagnostics)
+        save(curvature_curves(diagnostics), args.curves)
+        save(spectral_densities(diagnostics), args.density)
     elif args.command == "lr-sensitivity":
         from .figures import lr_sensitivity, save
 

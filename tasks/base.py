@@ -31,6 +31,9 @@ class Problem:
     # Loss on the whole training set, evaluated once after the last step: "train loss at
     # equal epochs" without the noise of one mini-batch.
     train_loss: Callable[[nn.Module], float] | None = None
+    # The training set (inputs, targets); curvature diagnostics use its first examples as a
+    # fixed batch, the same for every optimizer of a task.
+    train_examples: tuple[Tensor, Tensor] | None = None
 
 
 def epoch_batches(

@@ -107,4 +107,5 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
         eval_every=settings.eval_every,
         batch_size=settings.batch_size,
         train_loss=train_loss,
+        train_examples=(x_train, y_train),
     )

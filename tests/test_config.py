@@ -37,6 +37,15 @@ def test_optimizer_settings_override_the_task_for_that_optimizer_only(config):
     assert others == {64}
 
 
+def test_diagnostics_go_to_the_configured_seeds_only(config):
+    cells = resolve(config).cells
+    diagnosed = {c.seed for c in cells if c.diagnostics}
+    assert diagnosed == {0}
+    assert all(c.diagnostics == {"points": 4} for c in cells if c.seed == 0)
+    smoke = resolve({**config, "scale": "smoke"}).cells
+    assert not any(c.diagnostics for c in smoke)  # off unless configured
+
+
 def test_cell_json_round_trip(config):
     cell = resolve(config).cells[0]
     assert Cell.from_json(cell.to_json()) == cell
@@ -65,6 +74,10 @@ def test_cell_json_round_trip(config):
         (lambda c: c["scales"]["cpu"]["optimizer_settings"].update(sophia={}), "sophia"),
         (lambda c: c["scales"]["gpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "scales.gpu"),
         (lambda c: c["scales"]["cpu"]["optimizer_settings"]["lbfgs"].update(bs=2), "lbfgs"),
+        (lambda c: c["scales"]["cpu"]["diagnostics"].update(points=0), "cpu.diagnostics.points"),
+        (lambda c: c["scales"]["cpu"]["diagnostics"].update(every=3), "cpu.diagnostics"),
+        (lambda c: c["optimizers"]["hizoo"].update(smoothing=1.0), "optimizers.hizoo.smoothing"),
+        (lambda c: c["optimizers"]["mezo"].update(samples=0), "optimizers.mezo.samples"),
     ],
 )
 def test_bad_config_names_the_key(config, edit, needle):

@@ -42,6 +42,7 @@ class Cell:
     threads: int = 1
     device: str = "auto"
     wandb_project: str = "hessbench"
+    diagnostics: dict[str, Any] | None = None  # curvature diagnostics settings; None: off
 
     @property
     def path(self) -> str:
@@ -145,6 +146,8 @@ def _plan(config: dict[str, Any], scale: str, optimizers: dict[str, tuple]) -> P
                 f"config error at scales.{scale}.optimizer_settings.{name}: "
                 f"no optimizer entry {name!r}"
             )
+    diagnostics = dict(scale_cfg.get("diagnostics") or {})
+    diagnosed_seeds = diagnostics.pop("seeds", scale_cfg["seeds"])
     plan = Plan(scale=scale)
     grid = itertools.product(
         tasks.items(), optimizers.items(), config["backends"], scale_cfg["seeds"]
@@ -170,6 +173,7 @@ def _plan(config: dict[str, Any], scale: str, optimizers: dict[str, tuple]) -> P
                 threads=scale_cfg.get("threads", 1),
                 device=scale_cfg.get("device", "auto"),
                 wandb_project=config.get("wandb_project", "hessbench"),
+                diagnostics=diagnostics if diagnostics and seed in diagnosed_seeds else None,
             )
         )
     return plan

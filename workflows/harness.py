@@ -24,6 +24,8 @@ from hessbench.optimizers.torch.registry import build_config
 from hessbench.tasks.registry import TASKS
 
 from .config import Cell, task_settings
+from .diagnostics import Diagnostics
+from .diagnostics import Settings as DiagnosticSettings
 from .measure import Clock, optimizer_state_bytes, peak_memory_bytes, reset_peak_memory
 from .results import provenance, write_json, write_parquet
 from .tracking import Tracker
@@ -73,6 +75,7 @@ class Run:
         self.loop_s = 0.0
         self.bar = None
         self.train_loss_full: float | None = None
+        self.diagnostics: Diagnostics | None = None
         self._peak, self._peak_read_at = 0, -math.inf
 
     # -- the loop ----------------------------------------------------------------------------
@@ -107,6 +110,10 @@ class Run:
         loop_start = time.perf_counter()
         with clock.measure("eval"):
             self._log(0, None, None, problem.evaluate(problem.model))
+        if cell.diagnostics:
+            settings = DiagnosticSettings(**cell.diagnostics)
+            self.diagnostics = Diagnostics(settings, problem, cell.seed, problem.steps)
+            self._diagnose(0)
         # At most log_every steps between rows, and at least MIN_ROWS rows for short runs (an
         # L-BFGS cell of 150 slow steps still gets a curve).
         log_every = max(1, min(cell.log_every, problem.steps // MIN_ROWS))
@@ -133,12 +140,18 @@ class Run:
                             self.tracker.flush()
                 elif step % log_every == 0:
                     self._log(step, loss, record, None)
+                if self.diagnostics and self.diagnostics.due(step):
+                    self._diagnose(step)
             if problem.train_loss is not None:
                 with clock.measure("eval"):
                     self.train_loss_full = problem.train_loss(problem.model)
         finally:
             bar.close()
             self.loop_s = time.perf_counter() - loop_start
+
+    def _diagnose(self, step: int) -> None:
+        with self.clock.measure("diagnostics"):
+            self.diagnostics.measure(self.problem.model, self.optimizer, step)
 
     def _log(
         self, step: int, loss: float | None, record: dict | None, metrics: dict | None
@@ -194,7 +207,10 @@ class Run:
         reached = evals[sign * evals["val_metric"] >= sign * problem.target]
         first = reached.iloc[0] if len(reached) else None
         totals = self.clock.totals
-        outside = self.loop_s - totals["step"] - totals["eval"] - totals["tracking"]
+        outside = (
+            self.loop_s - totals["step"] - totals["eval"] - totals["tracking"]
+            - totals["diagnostics"]
+        )  # fmt: skip
         out.update(
             metric=problem.metric,
             higher_is_better=problem.higher_is_better,
@@ -220,6 +236,7 @@ class Run:
             eval_s=totals["eval"],
             loop_s=self.loop_s,
             tracking_s=totals["tracking"],
+            diagnostics_s=totals["diagnostics"],
             harness_overhead=outside / self.loop_s if self.loop_s > 0 else None,
             mean_step_s=self.clock.mean("step"),
             median_step_s=self.clock.median("step"),
@@ -256,6 +273,9 @@ def run_cell(
         summary["wandb_run_dir"] = run.tracker.run_dir
         run.tracker.finish({k: v for k, v in summary.items() if k != "config"})
     write_parquet(out_dir / "metrics.parquet", _metrics_frame(run.rows))
+    # always written (empty when off), so it can be a declared output of every cell
+    rows = run.diagnostics.rows if run.diagnostics else []
+    write_parquet(out_dir / "diagnostics.parquet", pd.DataFrame(rows, columns=DIAGNOSTIC_COLUMNS))
     write_json(out_dir / "summary.json", summary)
     print(
         f"{cell.path}: {summary['status']}"
@@ -264,6 +284,11 @@ def run_cell(
     )
     return summary
 
+
+DIAGNOSTIC_COLUMNS = [
+    "step", "kind", "top_eigenvalues", "top_residuals", "lambda_min", "trace", "trace_se",
+    "nodes", "weights", "hvps", "seconds", "dtype", "batch_size",
+]  # fmt: skip
 
 METRIC_COLUMNS = [
     "step",

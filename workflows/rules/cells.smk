@@ -6,6 +6,7 @@ rule cell:
     output:
         summary="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/summary.json",
         metrics="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/metrics.parquet",
+        diagnostics="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/diagnostics.parquet",
     log:
         "results/{scale}/logs/{task}/{optimizer}/{backend}/seed{seed}.log",
     params:

@@ -9,11 +9,12 @@ rule aggregate:
     output:
         runs=f"results/{SCALE}/runs.parquet",
         summaries=f"results/{SCALE}/summaries.parquet",
+        diagnostics=f"results/{SCALE}/diagnostics.parquet",
     log:
         f"results/{SCALE}/logs/aggregate.log",
     shell:
         "hessbench-report aggregate {input:q} --runs {output.runs:q} "
-        "--summaries {output.summaries:q} > {log:q} 2>&1"
+        "--summaries {output.summaries:q} --diagnostics {output.diagnostics:q} > {log:q} 2>&1"
 
 
 rule leaderboard:
@@ -72,3 +73,24 @@ rule lr_sensitivity:
     shell:
         "MPLBACKEND=Agg hessbench-report lr-sensitivity --summaries {input.summaries:q} "
         "--out {output:q} > {log:q} 2>&1"
+
+
+rule curvature:
+    input:
+        diagnostics=f"results/{SCALE}/diagnostics.parquet",
+    output:
+        curves=report(
+            f"results/{SCALE}/figures/curvature.png",
+            caption="../report/curvature.rst",
+            category="Curvature",
+        ),
+        density=report(
+            f"results/{SCALE}/figures/spectral_density.png",
+            caption="../report/spectral_density.rst",
+            category="Curvature",
+        ),
+    log:
+        f"results/{SCALE}/logs/curvature.log",
+    shell:
+        "MPLBACKEND=Agg hessbench-report curvature --diagnostics {input.diagnostics:q} "
+        "--curves {output.curves:q} --density {output.density:q} > {log:q} 2>&1"

@@ -130,7 +130,7 @@ class _ZerothOrder(RandomizedOptimizer):
 class MeZO(_ZerothOrder):
     """MeZO, ZO-SGD with the seed trick: theta -= lr (g_hat + wd theta), g_hat the n-SPSA
     estimate over ``samples`` seeds, all taken at the same theta. Cost 2n forward passes and
-    2n + 1 regenerations of z (n = 1: two forwards, four passes over the parameters).
+    4n regenerations of z (three passes per sample to perturb and restore, one to update).
     Defaults are the reference's RoBERTa-large settings (lr 1e-6, eps 1e-3)."""
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,

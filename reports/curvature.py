@@ -66,7 +66,7 @@ def curvature_curves(diagnostics: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def spectral_densities(diagnostics: pd.DataFrame, bins: int = 400) -> plt.Figure:
+def spectral_densities(diagnostics: pd.DataFrame, bins: int = 4000) -> plt.Figure:
     if diagnostics.empty:
         return _empty("no curvature diagnostics were configured for this scale")
     data = _one_seed(diagnostics[diagnostics["kind"] == "hessian"])
@@ -78,7 +78,9 @@ def spectral_densities(diagnostics: pd.DataFrame, bins: int = 400) -> plt.Figure
         low, high = nodes.min(), nodes.max()
         span = max(high - low, 1e-12)
         grid = np.linspace(low - 0.05 * span, high + 0.05 * span, bins)
-        width = span / 100  # PyHessian's Gaussian smoothing, relative to the spectrum's range
+        # Gaussian smoothing relative to the range (PyHessian's idea); narrow, because one
+        # outlier can stretch the range a hundredfold past the bulk
+        width = span / 1000
         curves = {"initialisation": frame[frame["step"] == frame["step"].min()].iloc[:1]}
         for optimizer, cell in frame.groupby("optimizer"):
             curves[optimizer] = cell[cell["step"] == cell["step"].max()]
@@ -91,6 +93,7 @@ def spectral_densities(diagnostics: pd.DataFrame, bins: int = 400) -> plt.Figure
             ax.plot(grid, np.maximum(density, 1e-12), label=f"{label} (step {row['step']})",
                     **style)  # fmt: skip
         ax.set_yscale("log")
+        ax.set_xscale("symlog", linthresh=1.0)  # the bulk near 0 and outliers hundreds out
         ax.set_ylim(bottom=1e-6)
         ax.set(title=task, xlabel="eigenvalue", ylabel="density")
         ax.legend(fontsize=6, ncol=2)

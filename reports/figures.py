@@ -19,6 +19,7 @@ LOSSES = {
     "train_loss": "training loss (mini-batch, mean of 10 rows)",
     "val_loss": "validation loss",
 }
+LEGEND_WIDTH = 2.5  # inches right of the panels
 SMOOTH_ROWS = 10  # mini-batch losses are noisy: a running mean per cell shows the trend
 
 # Cost of each oracle call in forward passes: a backward pass is about two forwards, and a
@@ -26,7 +27,7 @@ SMOOTH_ROWS = 10  # mini-batch losses are noisy: a running mean per cell shows t
 # measured 1.07 and 1.11 gradients on 784-128-10). Times the batch size, so methods on larger
 # batches (L-BFGS) are charged for them: the x axis zeroth-order methods are judged on.
 ORACLE_COST = {"forward": 1, "backward": 2, "hvp": 3, "ggnvp": 3}
-FORWARD_EQUIVALENTS = "forward-pass equivalents x batch (forward 1, backward 2, HVP/GGN product 3)"
+FORWARD_EQUIVALENTS = "forward-pass equivalents x batch size"
 
 
 def forward_equivalents(runs: pd.DataFrame) -> pd.Series:
@@ -48,7 +49,10 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
         ax.text(0.5, 0.5, "no metrics logged by any cell", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    fig, axes = plt.subplots(len(LOSSES), len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
+    # one legend for the figure, right of the panels (per-panel legends of 16 entries hid curves)
+    fig, axes = plt.subplots(
+        len(LOSSES), len(tasks), figsize=(5 * len(tasks) + LEGEND_WIDTH, 7), squeeze=False
+    )
     runs = _smoothed(runs)
     if x == "forward_equivalents":
         runs = runs.assign(forward_equivalents=forward_equivalents(runs))
@@ -74,8 +78,13 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
                 lw=1.2,
             )
             ax.set_yscale("log")
+            if x == "forward_equivalents":  # L-BFGS's big batches span three decades more
+                ax.set_xscale("log")
             ax.set(title=task, xlabel=xlabel, ylabel=label)
-    fig.tight_layout()
+            handles, labels = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
+    fig.legend(handles, labels, loc="center right", title="optimizer", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / (5 * len(tasks) + LEGEND_WIDTH), 1))
     return fig
 
 

@@ -243,8 +243,8 @@ def test_cli_end_to_end_on_real_cells(tmp_path):
     for png in (step_png, wall_png, forward_png):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
         image = mpimg.imread(png)
-        # figsize (5 * n_tasks, 7) inches at 120 dpi
-        assert image.shape[:2] == (840, 600 * len(entries))
+        # figsize (5 * n_tasks + 2.5 for the legend, 7) inches at 120 dpi
+        assert image.shape[:2] == (840, 600 * len(entries) + 300)
         assert image[..., :3].std() > 0.05  # not a blank canvas
 
 

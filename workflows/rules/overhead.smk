@@ -1,6 +1,8 @@
 # `snakemake --cores 1 overhead`: every optimizer against its reference, side by side in one
 # process (benchmarks/overhead.py), on this machine's device. Not part of `all`: it times
-# things, so run it alone.
+# things, so run it alone. It reruns when the script, an optimizer or the config changes.
+from pathlib import Path
+
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -10,11 +12,15 @@ OVERHEAD_ARGS = " ".join(
 
 
 rule overhead:
+    input:
+        script=f"{workflow.basedir}/benchmarks/overhead.py",
+        code=sorted(str(p) for p in Path(workflow.basedir, "optimizers").rglob("*.py")),
+        config=f"{workflow.basedir}/workflows/config/default.yaml",
     output:
         table=f"results/overhead/{DEVICE}.parquet",
         markdown=f"results/overhead/{DEVICE}.md",
     log:
         f"results/overhead/{DEVICE}.log",
     shell:
-        "python {workflow.basedir}/benchmarks/overhead.py --out results/overhead "
+        "python {input.script:q} --out results/overhead "
         "--device {DEVICE} --scale {SCALE} {OVERHEAD_ARGS} > {log:q} 2>&1"

@@ -77,6 +77,7 @@ class Run:
         self.train_loss_full: float | None = None
         self.diagnostics: Diagnostics | None = None
         self._peak, self._peak_read_at = 0, -math.inf
+        self._peak_floor = 0  # the run's peak before the last diagnostic point
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -150,8 +151,12 @@ class Run:
             self.loop_s = time.perf_counter() - loop_start
 
     def _diagnose(self, step: int) -> None:
+        floor = peak_memory_bytes(self.device)
         with self.clock.measure("diagnostics"):
             self.diagnostics.measure(self.problem.model, self.optimizer, step)
+        # the float64 copy and Lanczos vectors are not the run's memory: restart the peak
+        reset_peak_memory(self.device)
+        self._peak_floor = max(self._peak_floor, floor)
 
     def _log(
         self, step: int, loss: float | None, record: dict | None, metrics: dict | None
@@ -182,7 +187,8 @@ class Run:
         row may under-report by what that second added, never over-report."""
         now = time.perf_counter()
         if fresh or self.device.type == "cuda" or now - self._peak_read_at > 1.0:
-            self._peak, self._peak_read_at = peak_memory_bytes(self.device), now
+            self._peak = max(self._peak_floor, peak_memory_bytes(self.device))
+            self._peak_read_at = now
         return self._peak
 
     # -- results -----------------------------------------------------------------------------

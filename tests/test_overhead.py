@@ -41,17 +41,20 @@ def test_a_pair_alternates_on_shared_batches_and_counts_the_methods_oracles(over
 
 
 def test_memory_probe_sees_optimizer_state_and_transients(overhead):
+    # 784-128-10: every difference asserted is larger than the resident-set counters' lag
+    # (up to 64 pages); the smoke model's are not
     sizes = {
-        entry: overhead.memory_of(entry, {}, "mnist_mlp", "sgd", "smoke", 2, CPU, 1)
-        for entry in ("sgd", "adahessian", "mezo", "hizoo", overhead.FORWARD)
+        entry: overhead.memory_of(entry, {}, "mnist_mlp", "sgd", "cpu", 2, CPU, 1)
+        for entry in ("adahessian", "mezo", "hizoo", overhead.FORWARD)
     }
-    params = 4 * (784 * 32 + 32 + 32 * 10 + 10)  # the smoke model, float32
+    params = 4 * (784 * 128 + 128 + 128 * 10 + 10)
     assert sizes[overhead.FORWARD] >= params
-    # MeZO is inference level (one piece of z, within the counters' 64-page resolution)
+    # MeZO is inference level: one piece of z on top of forward passes
     assert 0 <= sizes["mezo"] - sizes[overhead.FORWARD] < 64 * 4096
-    # HiZOO's H, built with the optimizer, counts: one float32 per parameter
-    assert sizes["hizoo"] - sizes["mezo"] > params / 2
-    assert sizes["hizoo"] < sizes["sgd"] < sizes["adahessian"]  # + gradient, momentum, HVP
+    # HiZOO's H, built with the optimizer, counts (one float32 per parameter)
+    assert sizes["hizoo"] - sizes["mezo"] > params / 4
+    # AdaHessian: gradient, two moments, the Hessian diagonal and the HVP's graph
+    assert sizes["adahessian"] - sizes["mezo"] > 2 * params
 
 
 def test_table_lists_missing_and_infeasible_optimizers(overhead):

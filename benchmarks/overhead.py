@@ -45,6 +45,7 @@ import yaml
 
 from hessbench.optimizers.torch.objective import Counters, Infeasible, Objective
 from hessbench.optimizers.torch.registry import build_config
+from hessbench.reports.overhead_table import overhead_markdown
 from hessbench.tasks.registry import TASKS
 from hessbench.workflows.config import DEFAULT_CONFIG, load, task_settings
 from hessbench.workflows.harness import run_cell
@@ -56,7 +57,6 @@ from hessbench.workflows.measure import (
 )
 
 WINDOW = 50
-RESOLUTION_MIB = 0.25  # Linux batches resident-set counter updates: about 64 pages
 FORWARD = "forward-only"  # a reference that only evaluates the loss (inference level)
 
 
@@ -313,72 +313,6 @@ def run_pairs(args, device) -> list[dict]:
     return rows + product_rows(tasks[0], args.scale, device, rounds=200)
 
 
-def _number(value) -> bool:
-    return value is not None and value == value  # not None, not NaN
-
-
-def markdown(table: pd.DataFrame, device: torch.device, args) -> str:
-    def fmt(value, spec):
-        return format(value, spec) if _number(value) else "–"
-
-    def text(value):
-        return value if isinstance(value, str) and value else "–"
-
-    def memory(row):
-        # a CPU reference below the resident-set counters' resolution makes the ratio noise
-        small = device.type == "cpu" and row.get("reference step memory (MiB)", 1) < RESOLUTION_MIB
-        return "below resolution" if small else fmt(row.get("memory ratio"), ".2f")
-
-    def verdict(row):
-        marks = []
-        for kind, goal, ratio in (
-            ("time", row.get("time goal"), row.get("time ratio")),
-            ("memory", row.get("memory goal"), row.get("memory ratio")),
-        ):
-            if (
-                _number(goal)
-                and _number(ratio)
-                and not (kind == "memory" and "below" in memory(row))
-            ):
-                marks.append(f"{kind} ok" if ratio <= goal else f"{kind} > {goal:g}")
-        return ", ".join(marks) or "–"
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    lines = [
-        f"# Overhead benchmark — {name}",
-        "",
-        f"torch {torch.__version__}, {args.threads} thread(s), the `{args.scale}` scale's tasks. "
-        f"Time ratio: median over {WINDOW}-step windows of method time / reference time, with "
-        "the min–max over windows (the harness row: its overhead as a fraction of the loop). "
-        "Memory: the parameters plus the peak the steps add above them (data excluded), in a "
-        "fresh process per runner (MiB: method / reference). State ratio: the method's "
-        "optimizer state / the reference's.",
-        "",
-        "| pair | task | params | steps | time ratio | min–max | method step (ms) | "
-        "reference step (ms) | memory ratio (MiB) | state / param bytes | state ratio | "
-        "oracle calls / step | paper | goal | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in table.to_dict("records"):
-        spread = (
-            f"{row['time min']:.2f}–{row['time max']:.2f}" if _number(row.get("time min")) else "–"
-        )
-        lines.append(
-            f"| {row['pair']} | {text(row.get('task'))} | {fmt(row.get('params'), ',.0f')} | "
-            f"{fmt(row.get('steps'), '.0f')} | {fmt(row.get('time ratio'), '.3f')} | {spread} | "
-            f"{fmt(row.get('method step (ms)'), '.3f')} | "
-            f"{fmt(row.get('reference step (ms)'), '.3f')} | "
-            f"{memory(row)} "
-            f"({fmt(row.get('method step memory (MiB)'), '.1f')} / "
-            f"{fmt(row.get('reference step memory (MiB)'), '.1f')}) | "
-            f"{fmt(row.get('state / param bytes'), '.2f')} | "
-            f"{fmt(row.get('state ratio'), '.3f')} | "
-            f"{text(row.get('oracle calls per step'))} | {text(row.get('paper'))} | "
-            f"{verdict(row)} | {row.get('status')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/overhead"))
@@ -406,7 +340,9 @@ def main() -> None:
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(args.out / f"{device.type}.parquet", index=False)
-    text = markdown(table, device, args)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    software = f"torch {torch.__version__}"
+    text = overhead_markdown(table, name, device.type, software, args.threads, args.scale, WINDOW)
     (args.out / f"{device.type}.md").write_text(text)
     print(text)
 

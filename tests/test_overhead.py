@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import hessbench
+from hessbench.reports.overhead_table import overhead_markdown
 
 REPO = Path(hessbench.__file__).parent
 CPU = torch.device("cpu")
@@ -58,21 +58,26 @@ def test_memory_probe_sees_optimizer_state_and_transients(overhead):
 
 
 def test_table_lists_missing_and_infeasible_optimizers(overhead):
-    args = Namespace(threads=1, scale="smoke")
     table = pd.DataFrame([
         {"pair": "HiZOO vs MeZO", "paper": "1.4-1.5", "time goal": 1.4,
          "status": "not landed (hizoo, mezo)"},
         {"pair": "newton vs SGD", "task": "big", "status": "infeasible: needs 154 GiB"},
         {"pair": "Sophia-G vs AdamW", "task": "mnist_mlp", "params": 100, "steps": 50,
          "time ratio": 1.04, "time min": 1.0, "time max": 1.1, "time goal": 1.03,
-         "memory ratio": 1.2, "memory goal": 1.5, "status": "ok"},
+         "memory ratio": 1.2, "memory goal": 1.5, "reference step memory (MiB)": 2.0,
+         "status": "ok"},
+        {"pair": "MeZO vs forward only", "memory ratio": 30.0, "memory goal": 1.05,
+         "reference step memory (MiB)": 0.03, "status": "ok"},
     ])  # fmt: skip
-    lines = overhead.markdown(table, CPU, args).splitlines()
+    lines = overhead_markdown(table, "CPU", "cpu", "torch x", 1, "smoke", 50).splitlines()
     rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
     assert rows["HiZOO vs MeZO"].endswith("| not landed (hizoo, mezo) |")
     assert "nan" not in rows["HiZOO vs MeZO"]
     assert "infeasible: needs 154 GiB" in rows["newton vs SGD"]
     assert "| time > 1.03, memory ok |" in rows["Sophia-G vs AdamW"]
+    # a reference under the resident-set counters' resolution gives no ratio and no verdict
+    assert "| below resolution (– / 0.0) |" in rows["MeZO vs forward only"]
+    assert "memory" not in rows["MeZO vs forward only"].split("|")[-3]
 
 
 def test_snakemake_knows_the_overhead_target(tmp_path):

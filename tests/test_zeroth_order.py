@@ -12,8 +12,9 @@ from torch import nn
 from torch.testing import assert_close
 
 from hessbench.optimizers.torch import zeroth_order
+from hessbench.optimizers.torch.hizoo import HiZOO, HiZOOL
 from hessbench.optimizers.torch.objective import Counters, Objective
-from hessbench.optimizers.torch.zeroth_order import HiZOO, HiZOOL, MeZO, ZOAdam
+from hessbench.optimizers.torch.zeroth_order import MeZO, ZOAdam
 
 from problems import F64, Scalar, quadratic, spd
 from problems import scalar_objective as objective

@@ -27,8 +27,9 @@ from torch import Tensor
 
 from hessbench.optimizers.torch.diagonal import AdaHessian, Sophia
 from hessbench.optimizers.torch.flat import flatten
+from hessbench.optimizers.torch.hizoo import HiZOO
 from hessbench.optimizers.torch.objective import Counters, Objective
-from hessbench.optimizers.torch.zeroth_order import HiZOO, ZOAdam
+from hessbench.optimizers.torch.zeroth_order import ZOAdam
 
 from .spectrum import slq, top_eigenvalues
 

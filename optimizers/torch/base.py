@@ -43,6 +43,11 @@ class ObjectiveOptimizer(torch.optim.Optimizer):
         return closure
 
 
+def check_betas(betas) -> None:
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+
 class RandomizedOptimizer(ObjectiveOptimizer):
     """An optimizer that draws random vectors. The draws come from its own
     ``torch.Generator``, never the global RNG (reseeding that would also reseed data order and

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import RandomizedOptimizer
+from .base import RandomizedOptimizer, check_betas
 from .objective import Objective
 
 BITS = 62  # random bits used per int64 draw: 2^62 is a power of two, so each bit is fair
@@ -61,9 +61,7 @@ class _DiagonalCurvature(RandomizedOptimizer):
     def __init__(self, params, defaults, update_interval: int, seed: int | None):
         if not (isinstance(update_interval, int) and update_interval >= 1):
             raise ValueError(f"update_interval must be a positive integer, got {update_interval!r}")
-        betas = defaults["betas"]
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        check_betas(defaults["betas"])
         if not defaults["weight_decay"] >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {defaults['weight_decay']}")
         super().__init__(params, defaults, seed)

@@ -20,8 +20,9 @@ import torch
 from .baselines import AdamWConfig, LBFGSConfig, SGDConfig
 from .diagonal import AdaHessian, Sophia
 from .hessian_free import HessianFreeGN, NewtonCG
+from .hizoo import HiZOO, HiZOOL
 from .newton import DampedNewton, Newton
-from .zeroth_order import HiZOO, HiZOOL, MeZO, ZOAdam
+from .zeroth_order import MeZO, ZOAdam
 
 OPTIMIZERS: dict[str, type] = {
     "sgd": SGDConfig,

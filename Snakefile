@@ -36,4 +36,5 @@ rule all:
         f"results/{SCALE}/figures/lr_sensitivity.png",
         f"results/{SCALE}/figures/curvature.png",
         f"results/{SCALE}/figures/spectral_density.png",
+        f"results/{SCALE}/figures/chains.png",
     default_target: True

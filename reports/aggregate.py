@@ -41,6 +41,7 @@ SUMMARY_FIELDS = IDENTITY + [
     "total_hvp",
     "total_ggnvp",
     "batch_size",
+    "schedule",
 ]
 
 
@@ -51,6 +52,12 @@ def read_summary(path: Path) -> dict:
         row["batch_size"] = ((summary.get("config") or {}).get("settings") or {}).get("batch_size")
     # the learning rate the config gave (None: the implementation's default)
     row["lr"] = ((summary.get("config") or {}).get("hyperparameters") or {}).get("lr")
+    paper = summary.get("paper") or {}
+    row["paper_loss"], row["paper_metric"] = paper.get("loss"), paper.get("metric")
+    row["paper_source"] = paper.get("source")
+    # a chained schedule's phases and the steps after which each next one took over
+    row["phase_names"] = " → ".join(summary.get("phase_names") or []) or None
+    row["phase_switches"] = summary.get("phase_switches")
     row["git_sha"] = (summary.get("provenance") or {}).get("git_sha")
     row["device_name"] = (summary.get("provenance") or {}).get("device_name")
     row["cell_dir"] = str(Path(path).parent)

@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     sens = sub.add_parser("lr-sensitivity", help="summaries.parquet -> metric vs lr PNG")
     sens.add_argument("--summaries", type=Path, required=True)
     sens.add_argument("--out", type=Path, required=True)
+    chain = sub.add_parser("chains", help="runs + summaries -> loss vs step, phases marked")
+    chain.add_argument("--runs", type=Path, required=True)
+    chain.add_argument("--summaries", type=Path, required=True)
+    chain.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "aggregate":
@@ -54,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         diagnostics = pd.read_parquet(args.diagnostics)
         save(curvature_curves(diagnostics), args.curves)
         save(spectral_densities(diagnostics), args.density)
+    elif args.command == "chains":
+        from .chains import chain_curves
+        from .figures import save
+
+        runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
+        save(chain_curves(runs, summaries), args.out)
     elif args.command == "lr-sensitivity":
         from .figures import lr_sensitivity, save
 

@@ -67,9 +67,9 @@ def rank_task(cells: pd.DataFrame) -> pd.DataFrame:
                 "examples (fwd) to target": _mean_std(ok["examples_to_target"], ".3g")
                 if all_reached
                 else "–",
-                "final metric": _mean_std(final, ".4f"),
-                "final val loss": _mean_std(ok["final_val_loss"], ".4f"),
-                "final train loss": _mean_std(ok["train_loss_full"], ".4f")
+                "final metric": _mean_std(final, ".4g"),
+                "final val loss": _mean_std(ok["final_val_loss"], ".4g"),
+                "final train loss": _mean_std(ok["train_loss_full"], ".4g")
                 if "train_loss_full" in ok
                 else "–",
                 "peak mem (MiB)": _mean_std(group["peak_mem_bytes"] / 2**20, ".0f"),
@@ -109,7 +109,17 @@ def leaderboard_markdown(summaries: pd.DataFrame) -> str:
             f"{cells['seed'].nunique()} seed(s).",
             "",
         ]
-        parts.append(rank_task(cells).to_markdown(index=False))
+        table = rank_task(cells)
+        source = cells["paper_source"].dropna() if "paper_source" in cells else []
+        if len(source):
+            paper = cells.groupby("optimizer", sort=False)[["paper_loss", "paper_metric"]].first()
+            for column in ("paper_loss", "paper_metric"):
+                values = table["optimizer"].map(paper[column])
+                table[column.replace("_", " ")] = values.map(
+                    lambda v: "–" if v is None or v != v else format(v, ".3g")
+                )
+            parts += [f"Paper columns: {source.iloc[0]} (loss, {metric}).", ""]
+        parts.append(table.to_markdown(index=False))
     overhead = summaries["harness_overhead"].dropna() if "harness_overhead" in summaries else []
     if len(overhead):
         parts += [

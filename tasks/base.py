@@ -34,6 +34,10 @@ class Problem:
     # The training set (inputs, targets); curvature diagnostics use its first examples as a
     # fixed batch, the same for every optimizer of a task.
     train_examples: tuple[Tensor, Tensor] | None = None
+    # The source paper's results on this problem, keyed by schedule (the implementations of
+    # its phases joined by "+", e.g. "adamw+lbfgs"): {"loss", "metric", "source"}; reports show
+    # them beside the suite's own.
+    paper: dict[str, dict] | None = None
 
 
 def epoch_batches(

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import mnist_mlp
+from . import mnist_mlp, pinn
 
-TASKS: dict[str, ModuleType] = {"mnist_mlp": mnist_mlp}
+TASKS: dict[str, ModuleType] = {"mnist_mlp": mnist_mlp, "pinn": pinn}

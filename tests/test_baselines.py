@@ -57,6 +57,10 @@ def run(model, opt, batch, steps, counters=None):
 # L-BFGS: 8 unknowns, so its inner iterations solve the quadratic essentially exactly, but its
 # default tolerance_change 1e-9 also bounds the directional derivative g.d, which stops it (for
 # good: every later step is a no-op) at an error ~sqrt(1e-9 / lambda) ~ 1e-5; tightened here.
+CHAIN = [
+    {"name": "sgd", "impl": "sgd", "hyperparameters": {}, "steps": 2},
+    {"name": "nncg", "impl": "nncg", "hyperparameters": {}, "steps": None},
+]
 SETTINGS = {
     "sgd": ({}, 400, 1e-7),
     "adamw": ({"lr": 1e-2}, 500, 1e-3),
@@ -77,6 +81,11 @@ SETTINGS = {
     "zo_adam": ({"lr": 1e-2}, 1000, 1e-8),
     "hizoo": ({"lr": 0.05, "smoothing": 1e-3}, 2000, 1e-9),
     "hizoo_l": ({"lr": 0.05, "smoothing": 1e-3}, 2000, 1e-9),
+    # NysNewton-CG: rank 60 >= the 8 unknowns, so its preconditioner is exact and CG needs
+    # two iterations; the damping 1e-2 leaves a linear contraction of ~1e-2 a step.
+    "nncg": ({}, 8, 1e-12),
+    # a chain: two SGD steps, then NNCG's from wherever SGD left the parameters
+    "chain": ({"phases": CHAIN}, 10, 1e-12),
 }
 
 
@@ -110,7 +119,8 @@ def test_state_dict_round_trip_is_bitwise(name):
     x, y = problem()
     # A different mini-batch for the resumed step, so L-BFGS's history is really used.
     batch2 = (x.flip(0) * 0.5, y.flip(0))
-    cfg = build_config(name, {"max_iter": 3} if name == "lbfgs" else {})
+    overrides = {"lbfgs": {"max_iter": 3}, "chain": {"phases": CHAIN}}.get(name, {})
+    cfg = build_config(name, overrides)
     model = make_model()
     opt = cfg.build(model.parameters())
     run(model, opt, (x, y), 3)

@@ -82,13 +82,13 @@ def test_slq_density_integrates_to_one_and_matches_traces_of_powers():
         assert abs(density.moment(power) - exact) <= 4 * se
 
 
-def tiny_problem():
+def tiny_problem(batch_size=8):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 5, generator=gen, dtype=F64), torch.randint(0, 3, (40,), generator=gen)
     problem = Problem(model, F.cross_entropy, "categorical", iter(()), lambda m: {}, "acc", True,
-                      0.9, 10, 5, 40, train_examples=(x, y))  # fmt: skip
+                      0.9, 10, 5, batch_size, train_examples=(x, y))  # fmt: skip
     return model, problem, (x[:32], y[:32])
 
 
@@ -120,6 +120,17 @@ def test_top_eigenvalue_of_a_tiny_mlp_equals_the_dense_hessians():
     diagnostics.measure(model, torch.optim.SGD(model.parameters(), lr=0.1), step=7)
     assert diagnostics.rows[1]["nodes"] == row["nodes"]
     assert diagnostics.rows[1]["trace"] == row["trace"]
+
+
+def test_a_full_batch_task_is_diagnosed_on_its_whole_objective():
+    model, problem, _ = tiny_problem(batch_size=40)  # trains on all 40 examples each step
+    x, y = problem.train_examples
+    diagnostics = Diagnostics(Settings(points=1, batch_size=32, lanczos_steps=60), problem, 0, 1)
+    diagnostics.measure(model, torch.optim.SGD(model.parameters(), lr=0.1), step=0)
+    eigenvalues = torch.linalg.eigvalsh(dense_hessian(model, (x, y)))
+    assert diagnostics.rows[0]["batch_size"] == 40
+    assert_close(torch.tensor(diagnostics.rows[0]["top_eigenvalues"], dtype=F64),
+                 eigenvalues.flip(0)[:3], rtol=1e-8, atol=1e-10)  # fmt: skip
 
 
 def test_preconditioned_spectrum_is_that_of_p_inverse_sqrt_h_p_inverse_sqrt():

@@ -65,9 +65,13 @@ def summaries(workdir: Path) -> dict[tuple[str, str, int], dict]:
 
 def test_every_cell_ran_and_only_the_diverging_one_failed(smoke):
     cells = summaries(smoke)
-    optimizers = set(yaml.safe_load(DEFAULT_CONFIG.read_text())["optimizers"]) | {"sgd_diverge"}
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    optimizers = set(config["optimizers"]) | {"sgd_diverge"}
     assert {"newton", "damped_newton", "newton_cg", "hf_gn"} <= optimizers
-    assert {(o, s) for _, o, s in cells} == {(o, s) for o in optimizers for s in (0, 1)}
+    crossed = {("mnist_mlp", o, s) for o in optimizers for s in (0, 1)}
+    pinn = set(config["scales"]["smoke"]["tasks"]["pinn_reaction"]["optimizers"]) - {"nncg"}
+    crossed |= {("pinn_reaction", o, s) for o in pinn for s in (0, 1)}
+    assert set(cells) == crossed
     for (_, optimizer, _), s in cells.items():
         expected = "diverged" if optimizer == "sgd_diverge" else "ok"
         assert s["status"] == expected, (optimizer, s["reason"])
@@ -118,8 +122,12 @@ def test_leaderboard_and_tables(smoke):
         assert f"| {optimizer} " in board
     assert "diverged (2/2): non-finite training loss" in board
     runs = pd.read_parquet(smoke / "results" / "smoke" / "runs.parquet")
-    assert runs.groupby(["optimizer", "seed"]).ngroups == len(summaries(smoke))
-    for name in ("loss_vs_step.png", "loss_vs_wall.png", "loss_vs_forward.png"):
+    assert runs.groupby(["task", "optimizer", "seed"]).ngroups == len(summaries(smoke))
+    # the PINN's chained cells: every phase took its steps, the paper's numbers beside ours
+    chained = runs[(runs["task"] == "pinn_reaction") & (runs["optimizer"] == "adam_lbfgs_nncg")]
+    assert set(chained["phase"].dropna()) == {0, 1, 2}
+    assert "Paper columns: Rathore et al. 2024" in board and "0.00992" in board
+    for name in ("loss_vs_step.png", "loss_vs_wall.png", "loss_vs_forward.png", "chains.png"):
         assert (smoke / "results" / "smoke" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 

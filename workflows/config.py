@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,39 @@ def task_settings(module_name: str, values: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {err}") from err
 
 
+def parse_chain(text: str, where: str) -> list[tuple[str, int | None]]:
+    """``"adam:1000 -> lbfgs:2000 -> nncg"`` (or with arrows) as [(entry, steps), ..., (entry,
+    None)]: every phase but the last names its steps; the last runs to the end."""
+    phases = []
+    for part in re.split(r"\s*(?:->|→)\s*", text.strip()):
+        name, _, steps = part.partition(":")
+        if not name or (steps and not steps.isdigit()) or (steps and int(steps) < 1):
+            raise ConfigError(f"{where}: bad phase {part!r} in {text!r}; write name:steps -> name")
+        phases.append((name, int(steps) if steps else None))
+    if len(phases) < 2:
+        raise ConfigError(f"{where}: a chain needs at least two phases, got {text!r}")
+    if any(steps is None for _, steps in phases[:-1]) or phases[-1][1] is not None:
+        raise ConfigError(
+            f"{where}: every phase but the last needs its steps, and the last runs to the end "
+            f"(no steps): {text!r}"
+        )
+    return phases
+
+
+def _entry(entry: dict[str, Any], where: str) -> tuple[str, Any]:
+    """A config entry as (impl, hyperparameters), or ("chain", parsed phases)."""
+    if "chain" in entry:
+        extra = sorted(set(entry) - {"chain"})
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: a chain entry has only `chain`")
+        return "chain", parse_chain(entry["chain"], f"{where}.chain")
+    if "impl" not in entry:
+        raise ConfigError(f"{where}: needs `impl` (an implementation) or `chain`")
+    hyper = {k: v for k, v in entry.items() if k != "impl"}
+    build_config(entry["impl"], hyper, where=where)
+    return entry["impl"], hyper
+
+
 def resolve(config: dict[str, Any]) -> Plan:
     """Validate ``config`` (every scale, not just the selected one) and return the cells of its
     selected scale."""
@@ -122,60 +156,139 @@ def resolve(config: dict[str, Any]) -> Plan:
         raise ConfigError(
             f"config error at scale: {scale!r} is not one of {sorted(config['scales'])}"
         )
-    optimizers = {}
-    for name, entry in config["optimizers"].items():
-        hyper = {k: v for k, v in entry.items() if k != "impl"}
-        build_config(entry["impl"], hyper, where=f"config error at optimizers.{name}")
-        optimizers[name] = (entry["impl"], hyper)
-    plans = {name: _plan(config, name, optimizers) for name in config["scales"]}
+    optimizers = {
+        name: _entry(entry, f"config error at optimizers.{name}")
+        for name, entry in config["optimizers"].items()
+    }
+    phases = {}
+    for name, entry in config.get("phases", {}).items():
+        if name in optimizers:
+            raise ConfigError(f"config error at phases.{name}: also an optimizers entry")
+        phases[name] = _entry(entry, f"config error at phases.{name}")
+        if phases[name][0] == "chain":
+            raise ConfigError(f"config error at phases.{name}: a phase cannot be a chain")
+    plans = {name: _plan(config, name, optimizers, phases) for name in config["scales"]}
     return plans[scale]
 
 
-def _plan(config: dict[str, Any], scale: str, optimizers: dict[str, tuple]) -> Plan:
+def task_optimizers(
+    local: dict[str, Any] | None,
+    optimizers: dict[str, tuple],
+    phases: dict[str, tuple],
+    where: str,
+) -> tuple[list[str], dict[str, tuple]]:
+    """The entries a task instance crosses with and every entry as it is on that task.
+
+    Without a task-level ``optimizers`` mapping, a task crosses with every entry of
+    ``optimizers``. With one, it crosses with the mapping's names only (but ``phases`` entries,
+    which only chains run); a value with ``impl`` or ``chain`` is an entry of this task alone,
+    other values override the global entry's hyperparameters on it."""
+    effective = {**optimizers, **phases}
+    if local is None:
+        return list(optimizers), effective
+    for name, value in local.items():
+        here = f"{where}.{name}"
+        value = value or {}
+        if "impl" in value or "chain" in value:
+            effective[name] = _entry(value, here)
+        elif name not in effective:
+            raise ConfigError(f"{here}: no optimizer entry {name!r}; give it `impl` or `chain`")
+        elif effective[name][0] == "chain":
+            if value:
+                raise ConfigError(f"{here}: a chain takes no hyperparameters; override its phases")
+        else:
+            impl, hyper = effective[name]
+            effective[name] = _entry({"impl": impl, **hyper, **value}, here)
+    return [name for name in local if name not in phases], effective
+
+
+def _phases(name: str, chain: list, effective: dict[str, tuple], steps: int, where: str) -> dict:
+    """A chain's phases resolved against the task's entries: the cell's hyperparameters."""
+    phases, end = [], 0
+    for phase, phase_steps in chain:
+        if phase not in effective:
+            raise ConfigError(f"{where}: chain {name} names no optimizer entry {phase!r}")
+        impl, hyper = effective[phase]
+        if impl == "chain":
+            raise ConfigError(f"{where}: chain {name} nests chain {phase!r}")
+        phases.append({"name": phase, "impl": impl, "hyperparameters": hyper, "steps": phase_steps})
+        end += phase_steps or 0
+    if end >= steps:
+        raise ConfigError(
+            f"{where}: chain {name} switches to its last phase after step {end}, but the task "
+            f"runs {steps} steps"
+        )
+    return {"phases": phases}
+
+
+def _plan(
+    config: dict[str, Any], scale: str, optimizers: dict[str, tuple], phases: dict[str, tuple]
+) -> Plan:
     scale_cfg = config["scales"][scale]
     tasks = {}
     for tname, entry in scale_cfg["tasks"].items():
+        where = f"config error at scales.{scale}.tasks.{tname}"
         module = entry.get("task", tname)
-        values = {k: v for k, v in entry.items() if k != "task"}
-        task_settings(module, values, f"config error at scales.{scale}.tasks.{tname}")
-        tasks[tname] = (module, values)
+        values = {k: v for k, v in entry.items() if k not in ("task", "optimizers", "seeds")}
+        task_settings(module, values, where)
+        crossed, effective = task_optimizers(
+            entry.get("optimizers"), optimizers, phases, f"{where}.optimizers"
+        )
+        seeds = entry.get("seeds", scale_cfg["seeds"])
+        tasks[tname] = (module, values, crossed, effective, seeds)
     per_optimizer = scale_cfg.get("optimizer_settings", {})
-    for name in per_optimizer:
-        if name not in optimizers:
+    fields = {
+        t[0]: {f.name for f in dataclasses.fields(TASKS[t[0]].Settings)} for t in tasks.values()
+    }
+    for name, values in per_optimizer.items():
+        where = f"config error at scales.{scale}.optimizer_settings.{name}"
+        if name not in optimizers and not any(name in t[3] for t in tasks.values()):
+            raise ConfigError(f"{where}: no optimizer entry {name!r}")
+        if not any(set(values) <= names for names in fields.values()):
             raise ConfigError(
-                f"config error at scales.{scale}.optimizer_settings.{name}: "
-                f"no optimizer entry {name!r}"
+                f"{where}: no task of scale {scale} has all of the settings {sorted(values)}"
             )
     diagnostics = dict(scale_cfg.get("diagnostics") or {})
-    diagnosed_seeds = diagnostics.pop("seeds", scale_cfg["seeds"])
+    diagnosed_seeds = diagnostics.pop("seeds", None)
+    diagnosed_tasks = diagnostics.pop("tasks", None)
     plan = Plan(scale=scale)
-    grid = itertools.product(
-        tasks.items(), optimizers.items(), config["backends"], scale_cfg["seeds"]
-    )
-    for (tname, (module, values)), (oname, (impl, hyper)), backend, seed in grid:
-        # An optimizer's settings at this scale (e.g. L-BFGS's larger batch) override the task's.
-        own = per_optimizer.get(oname, {})
-        where = f"config error at scales.{scale}.optimizer_settings.{oname} (task {tname})"
-        settings = dataclasses.asdict(task_settings(module, {**values, **own}, where))
-        settings = json.loads(json.dumps(settings))  # the form a cell has after its JSON trip
-        plan.cells.append(
-            Cell(
-                scale=scale,
-                task=tname,
-                task_module=module,
-                settings=settings,
-                optimizer=oname,
-                impl=impl,
-                hyperparameters=hyper,
-                backend=backend,
-                seed=seed,
-                log_every=scale_cfg.get("log_every", 25),
-                threads=scale_cfg.get("threads", 1),
-                device=scale_cfg.get("device", "auto"),
-                wandb_project=config.get("wandb_project", "hessbench"),
-                diagnostics=diagnostics if diagnostics and seed in diagnosed_seeds else None,
+    for tname, (module, values, crossed, effective, seeds) in tasks.items():
+        grid = itertools.product(crossed, config["backends"], seeds)
+        for oname, backend, seed in grid:
+            impl, hyper = effective[oname]
+            # An optimizer's settings at this scale (e.g. L-BFGS's larger batch) override the
+            # task's, on the tasks they fit: those with every one of the settings (L-BFGS's
+            # batch size and steps for MNIST do not touch the full-batch PINNs).
+            own = per_optimizer.get(oname, {})
+            own = own if set(own) <= fields[module] else {}
+            where = f"config error at scales.{scale}.optimizer_settings.{oname} (task {tname})"
+            settings = dataclasses.asdict(task_settings(module, {**values, **own}, where))
+            settings = json.loads(json.dumps(settings))  # the form a cell has after its JSON trip
+            if impl == "chain":
+                where = f"config error at scales.{scale}.tasks.{tname}"
+                hyper = _phases(oname, hyper, effective, settings["steps"], where)
+            plan.cells.append(
+                Cell(
+                    scale=scale,
+                    task=tname,
+                    task_module=module,
+                    settings=settings,
+                    optimizer=oname,
+                    impl=impl,
+                    hyperparameters=hyper,
+                    backend=backend,
+                    seed=seed,
+                    log_every=scale_cfg.get("log_every", 25),
+                    threads=scale_cfg.get("threads", 1),
+                    device=scale_cfg.get("device", "auto"),
+                    wandb_project=config.get("wandb_project", "hessbench"),
+                    diagnostics=diagnostics
+                    if diagnostics
+                    and (diagnosed_seeds is None or seed in diagnosed_seeds)
+                    and (diagnosed_tasks is None or tname in diagnosed_tasks)
+                    else None,
+                )
             )
-        )
     return plan
 
 

@@ -10,7 +10,9 @@ same directions and their curves differ by the Hessian alone.
 Preconditioners read from optimizer state (none before the optimizer's first step):
 Adam/AdamW/ZO-Adam sqrt(v_hat) + eps, AdaHessian sqrt(v_hat)^k + eps, Sophia max(rho h, eps),
 HiZOO and HiZOO-L their H, and L-BFGS its inverse-Hessian approximation H_k (P^-1 = H_k),
-whose square root is exact on span(s_i, y_i) plus gamma I off it.
+whose square root is exact on span(s_i, y_i) plus gamma I off it; NysNewton-CG its Nyström
+preconditioner P (P^-1/2 as NNCG's own CG sees it, damping included). A chained schedule is
+read through the phase that took the last step.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hessbench.optimizers.torch.chain import Chain
 from hessbench.optimizers.torch.diagonal import AdaHessian, Sophia
 from hessbench.optimizers.torch.flat import flatten
 from hessbench.optimizers.torch.hizoo import HiZOO
+from hessbench.optimizers.torch.nncg import NNCG
+from hessbench.optimizers.torch.nystrom import NystromApprox
 from hessbench.optimizers.torch.objective import Counters, Objective
 from hessbench.optimizers.torch.zeroth_order import ZOAdam
 
@@ -113,8 +118,18 @@ def _lbfgs_inverse_sqrt(optimizer, dtype) -> Callable[[Tensor], Tensor] | None:
 
 def inverse_sqrt_preconditioner(optimizer, dtype) -> Callable[[Tensor], Tensor] | None:
     """v -> P^-1/2 v on flat vectors, or None when the optimizer has no preconditioner yet."""
+    if isinstance(optimizer, Chain):
+        optimizer = optimizer.latest
     if isinstance(optimizer, torch.optim.LBFGS):
         return _lbfgs_inverse_sqrt(optimizer, dtype)
+    if isinstance(optimizer, NNCG):
+        state = optimizer.vector_state
+        if "nystrom_basis" not in state:
+            return None
+        approx = NystromApprox(
+            state["nystrom_basis"].to(dtype), state["nystrom_eigenvalues"].to(dtype)
+        )
+        return approx.inverse_sqrt(optimizer.damping)
     diagonal = _diagonal_preconditioner(optimizer)
     if diagonal is None:
         return None
@@ -125,18 +140,22 @@ def inverse_sqrt_preconditioner(optimizer, dtype) -> Callable[[Tensor], Tensor] 
 class Diagnostics:
     """The diagnostic points of one run."""
 
-    def __init__(self, settings: Settings, problem, seed: int, last_step: int):
+    def __init__(self, settings: Settings, problem, seed: int, last_step: int, switches=()):
         if problem.train_examples is None:
             raise ValueError("curvature diagnostics need the task's training examples")
         x, y = problem.train_examples
         self.settings, self.problem, self.seed = settings, problem, seed
-        self.batch = (x[: settings.batch_size], y[: settings.batch_size])
+        # a full-batch task's curvature is its whole objective's; a mini-batch task's, its
+        # first examples'
+        n = len(x) if problem.batch_size >= len(x) else settings.batch_size
+        self.batch = (x[:n], y[:n])
         self.last_step = last_step
         self.every = max(1, math.ceil(last_step / settings.points))
+        self.switches = set(switches)  # a chained schedule's phase ends: points there too
         self.rows: list[dict[str, Any]] = []
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0 or step == self.last_step
+        return step % self.every == 0 or step == self.last_step or step in self.switches
 
     def measure(self, model, optimizer, step: int) -> None:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)

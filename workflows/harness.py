@@ -8,6 +8,7 @@ the objective's counters, never from the optimizer.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -113,7 +114,9 @@ class Run:
             self._log(0, None, None, problem.evaluate(problem.model))
         if cell.diagnostics:
             settings = DiagnosticSettings(**cell.diagnostics)
-            self.diagnostics = Diagnostics(settings, problem, cell.seed, problem.steps)
+            self.diagnostics = Diagnostics(
+                settings, problem, cell.seed, problem.steps, getattr(optimizer, "switches", ())
+            )
             self._diagnose(0)
         # At most log_every steps between rows, and at least MIN_ROWS rows for short runs (an
         # L-BFGS cell of 150 slow steps still gets a curve).
@@ -206,6 +209,13 @@ class Run:
             "seed": cell.seed,
             "config": cell.__dict__,
         }
+        phases = cell.hyperparameters.get("phases") if cell.impl == "chain" else None
+        out["schedule"] = "+".join(p["impl"] for p in phases) if phases else cell.impl
+        if phases:
+            out["phase_names"] = [p["name"] for p in phases]
+            out["phase_switches"] = list(itertools.accumulate(p["steps"] for p in phases[:-1]))
+        if problem is not None and problem.paper:
+            out["paper"] = problem.paper.get(out["schedule"])
         if problem is None or frame.empty:
             return out
         evals = frame.dropna(subset=["val_metric"])

@@ -92,4 +92,5 @@ def tensor_bytes(obj) -> int:
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(tensor_bytes(state) for state in optimizer.state.values())
+    optimizers = getattr(optimizer, "phases", [optimizer])  # a chain holds every phase's state
+    return sum(tensor_bytes(state) for opt in optimizers for state in opt.state.values())

@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from .baselines import AdamWConfig, LBFGSConfig, SGDConfig
+from .chain import Chain
 from .diagonal import AdaHessian, Sophia
 from .hessian_free import HessianFreeGN, NewtonCG
 from .hizoo import HiZOO, HiZOOL
 from .newton import DampedNewton, Newton
+from .nncg import NNCG
 from .zeroth_order import MeZO, ZOAdam
 
 OPTIMIZERS: dict[str, type] = {
@@ -32,12 +34,14 @@ OPTIMIZERS: dict[str, type] = {
     "damped_newton": DampedNewton,
     "newton_cg": NewtonCG,
     "hf_gn": HessianFreeGN,
+    "nncg": NNCG,
     "adahessian": AdaHessian,
     "sophia": Sophia,
     "mezo": MeZO,
     "zo_adam": ZOAdam,
     "hizoo": HiZOO,
     "hizoo_l": HiZOOL,
+    "chain": Chain,
 }
 
 

@@ -94,3 +94,20 @@ rule curvature:
     shell:
         "MPLBACKEND=Agg hessbench-report curvature --diagnostics {input.diagnostics:q} "
         "--curves {output.curves:q} --density {output.density:q} > {log:q} 2>&1"
+
+
+rule chains:
+    input:
+        runs=f"results/{SCALE}/runs.parquet",
+        summaries=f"results/{SCALE}/summaries.parquet",
+    output:
+        report(
+            f"results/{SCALE}/figures/chains.png",
+            caption="../report/chains.rst",
+            category="Loss curves",
+        ),
+    log:
+        f"results/{SCALE}/logs/chains.log",
+    shell:
+        "MPLBACKEND=Agg hessbench-report chains --runs {input.runs:q} "
+        "--summaries {input.summaries:q} --out {output:q} > {log:q} 2>&1"

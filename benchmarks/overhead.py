@@ -109,10 +109,14 @@ class Runner:
 
 
 def config_entries(config_path: Path) -> dict[str, tuple[str, dict]]:
-    optimizers = yaml.safe_load(config_path.read_text())["optimizers"]
+    """The config's single-optimizer entries, phase-only ones (NNCG) included; chains are
+    schedules of these, timed per phase by their cells."""
+    config = yaml.safe_load(config_path.read_text())
+    entries = {**config["optimizers"], **(config.get("phases") or {})}
     return {
         name: (e["impl"], {k: v for k, v in e.items() if k != "impl"})
-        for name, e in optimizers.items()
+        for name, e in entries.items()
+        if "impl" in e
     }
 
 
@@ -121,7 +125,9 @@ def build_problem(task: str, scale: str, device: torch.device, entry: str, seed:
     per-scale settings included: L-BFGS's large batches, dense Newton's small model); the
     reference of a pair runs on the same."""
     plan = load(scale=scale)
-    cell = next(c for c in plan.cells if c.task == task and c.optimizer == entry)
+    cells = [c for c in plan.cells if c.task == task]
+    # a phase-only entry (NNCG) has no cells of its own: the task's first cell's settings
+    cell = next((c for c in cells if c.optimizer == entry), cells[0])
     module = TASKS[cell.task_module]
     settings = task_settings(cell.task_module, cell.settings, task)
     return module, settings, module.build(settings, seed, device)

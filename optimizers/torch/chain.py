@@ -52,10 +52,14 @@ class Chain(torch.optim.Optimizer):
         super().__init__(params, {})
         self.param_groups[0]["lr"] = self.phases[0].param_groups[0].get("lr")
 
+    def _phase_at(self, t: int) -> int:
+        """The phase that takes the step after ``t`` steps."""
+        return next(i for i, end in enumerate(self.ends) if end is None or t < end)
+
     @property
     def phase(self) -> int:
         """The phase that takes the next step."""
-        return next(i for i, end in enumerate(self.ends) if end is None or self.t < end)
+        return self._phase_at(self.t)
 
     @property
     def active(self) -> torch.optim.Optimizer:
@@ -65,11 +69,7 @@ class Chain(torch.optim.Optimizer):
     def latest(self) -> torch.optim.Optimizer:
         """The phase that took the last step (the first before any step): its state is what
         the parameters were last preconditioned by."""
-        t, self.t = self.t, max(0, self.t - 1)
-        try:
-            return self.active
-        finally:
-            self.t = t
+        return self.phases[self._phase_at(max(0, self.t - 1))]
 
     @property
     def switches(self) -> list[int]:

@@ -3,7 +3,7 @@
 #   snakemake --cores all --config scale=smoke # seconds-long smoke run
 from snakemake.utils import min_version
 
-from hessbench.workflows.config import resolve
+from hessbench.workflows.config import cell_inputs, resolve
 
 min_version("9.0")
 
@@ -21,6 +21,7 @@ SCALE = PLAN.scale
 CELLS = PLAN.cells
 
 
+include: "workflows/rules/data.smk"
 include: "workflows/rules/cells.smk"
 include: "workflows/rules/report.smk"
 include: "workflows/rules/overhead.smk"
@@ -37,4 +38,6 @@ rule all:
         f"results/{SCALE}/figures/curvature.png",
         f"results/{SCALE}/figures/spectral_density.png",
         f"results/{SCALE}/figures/chains.png",
+        f"results/{SCALE}/figures/lm_validation.png",
+        f"results/{SCALE}/lm.md",
     default_target: True

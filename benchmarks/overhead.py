@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -69,6 +71,7 @@ class Pair:
     paper: str = ""
     time_goal: float | None = None
     memory_goal: float | None = None
+    task: str | None = None  # a task instance of the scale; None: the first where feasible
 
 
 NAMED = [
@@ -82,6 +85,11 @@ NAMED = [
     Pair("HiZOO-L vs HiZOO", "hizoo_l", "hizoo", {}, "1.06 (seed 001); Hessian ~0.1 P"),
     Pair("MeZO vs forward only", "mezo", FORWARD, {}, "inference memory", None, 1.05),
     Pair("NNCG vs L-BFGS (per iteration)", "nncg", "lbfgs"),
+    # on the language model, with its own entries (the estimate on one window of four)
+    Pair("Sophia-G vs AdamW, GPT-2", "sophia_g", "adamw", {}, "1.05 (seed 000)", 1.03,
+         task="gpt2"),
+    Pair("Sophia-G vs AdamW, GPT-2, estimate on the whole batch", "sophia_g", "adamw",
+         {"hessian_batch": None}, "", None, task="gpt2"),
 ]  # fmt: skip
 
 
@@ -118,6 +126,17 @@ def config_entries(config_path: Path) -> dict[str, tuple[str, dict]]:
         for name, e in entries.items()
         if "impl" in e
     }
+
+
+@functools.cache
+def entries_on(task: str, scale: str) -> dict[str, tuple[str, dict]]:
+    """The config's entries as ``task`` runs them: its own entries and overrides (the GPT-2
+    task's AdamW and Sophia) replace the top-level ones."""
+    entries = config_entries(DEFAULT_CONFIG)
+    for cell in load(scale=scale).cells:
+        if cell.task == task and cell.impl != "chain":
+            entries[cell.optimizer] = (cell.impl, cell.hyperparameters)
+    return entries
 
 
 def build_problem(task: str, scale: str, device: torch.device, entry: str, seed: int = 0):
@@ -231,7 +250,7 @@ def probe_memory(entry, overrides, task, scale, device, steps, settings_of) -> i
     gradients, graphs, activations and other transients. Run in a fresh process; on CPU the
     resident-set counters resolve about 64 pages (256 KiB), so smaller differences vanish."""
     _, _, problem = build_problem(task, scale, device, settings_of)
-    entries = config_entries(DEFAULT_CONFIG)
+    entries = entries_on(task, scale)
     batches = [next(problem.batches) for _ in range(steps)]
     # One throwaway step on a copy first: the resident set counts code pages and kernel
     # workspaces the first call of each op maps in, which are no optimizer's memory.
@@ -287,6 +306,8 @@ def run_pairs(args, device) -> list[dict]:
     entries = config_entries(DEFAULT_CONFIG)
     tasks = list(dict.fromkeys(c.task for c in load(scale=args.scale).cells))
     pairs = list(NAMED) + [Pair(f"{name} vs SGD", name, "sgd") for name in entries if name != "sgd"]
+    if args.pairs:
+        pairs = [p for p in pairs if re.search(args.pairs, p.label)]
     rows = []
     for pair in pairs:
         row = {"pair": pair.label, "method": pair.method, "reference": pair.reference,
@@ -296,10 +317,13 @@ def run_pairs(args, device) -> list[dict]:
         if missing:
             rows.append({**row, "status": f"not landed ({', '.join(missing)})"})
             continue
-        for task in tasks:  # the first task where the pair is feasible
+        if pair.task and pair.task not in tasks:
+            rows.append({**row, "status": f"no task {pair.task} at scale {args.scale}"})
+            continue
+        for task in [pair.task] if pair.task else tasks:  # the first where it is feasible
             try:
-                measured = time_pair(pair, task, args.scale, device, entries, args.steps,
-                                     args.warmup, args.budget)  # fmt: skip
+                measured = time_pair(pair, task, args.scale, device, entries_on(task, args.scale),
+                                     args.steps, args.warmup, args.budget)  # fmt: skip
             except Infeasible as err:
                 row.update(task=task, status=f"infeasible: {err}")
                 continue
@@ -316,6 +340,8 @@ def run_pairs(args, device) -> list[dict]:
             break
         rows.append(row)
         print(f"{pair.label}: {row['status']} {row.get('time ratio', '')}", file=sys.stderr)
+    if args.pairs:
+        return rows
     return rows + product_rows(tasks[0], args.scale, device, rounds=200)
 
 
@@ -330,6 +356,7 @@ def main() -> None:
     parser.add_argument("--harness-steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pairs", help="only the pairs whose label matches this regex")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one memory probe
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -340,16 +367,19 @@ def main() -> None:
                            settings_of))  # fmt: skip
         return
     rows = run_pairs(args, device)
-    with tempfile.TemporaryDirectory() as scratch:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        rows += harness_rows(args.scale, device, args.harness_steps, scratch)
+    if not args.pairs:
+        with tempfile.TemporaryDirectory() as scratch:
+            os.environ.setdefault("WANDB_MODE", "offline")
+            rows += harness_rows(args.scale, device, args.harness_steps, scratch)
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(args.out / f"{device.type}.parquet", index=False)
+    # a selection never overwrites the full table
+    stem = f"{device.type}-selected" if args.pairs else device.type
+    table.to_parquet(args.out / f"{stem}.parquet", index=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     software = f"torch {torch.__version__}"
     text = overhead_markdown(table, name, device.type, software, args.threads, args.scale, WINDOW)
-    (args.out / f"{device.type}.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
 
 

@@ -42,6 +42,7 @@ SUMMARY_FIELDS = IDENTITY + [
     "total_ggnvp",
     "batch_size",
     "schedule",
+    "tokens_per_s",
 ]
 
 
@@ -50,8 +51,13 @@ def read_summary(path: Path) -> dict:
     row = {key: summary.get(key) for key in SUMMARY_FIELDS}
     if row.get("batch_size") is None:  # cells that stopped before building the task
         row["batch_size"] = ((summary.get("config") or {}).get("settings") or {}).get("batch_size")
+    config = summary.get("config") or {}
+    settings = config.get("settings") or {}
     # the learning rate the config gave (None: the implementation's default)
-    row["lr"] = ((summary.get("config") or {}).get("hyperparameters") or {}).get("lr")
+    row["lr"] = (config.get("hyperparameters") or {}).get("lr")
+    row["task_module"] = config.get("task_module")
+    row["steps"] = settings.get("steps")  # the budget; steps_done says how far a cell got
+    row["corpus"] = settings.get("corpus")
     paper = summary.get("paper") or {}
     row["paper_loss"], row["paper_metric"] = paper.get("loss"), paper.get("metric")
     row["paper_source"] = paper.get("source")

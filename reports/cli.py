@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--runs", type=Path, required=True)
     chain.add_argument("--summaries", type=Path, required=True)
     chain.add_argument("--out", type=Path, required=True)
+    lm = sub.add_parser("lm", help="runs + summaries -> validation-loss PNG and final-loss table")
+    lm.add_argument("--runs", type=Path, required=True)
+    lm.add_argument("--summaries", type=Path, required=True)
+    lm.add_argument("--figure", type=Path, required=True)
+    lm.add_argument("--table", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "aggregate":
@@ -64,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
         runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
         save(chain_curves(runs, summaries), args.out)
+    elif args.command == "lm":
+        from .figures import save
+        from .lm import final_losses_markdown, validation_curves
+
+        runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
+        save(validation_curves(runs, summaries), args.figure)
+        args.table.write_text(final_losses_markdown(summaries))
     elif args.command == "lr-sensitivity":
         from .figures import lr_sensitivity, save
 

@@ -15,6 +15,10 @@ import torch
 from torch import Tensor, nn
 
 
+class DataError(RuntimeError):
+    """Missing or corrupt data; the message names the file and what is wrong."""
+
+
 @dataclass
 class Problem:
     model: nn.Module
@@ -38,6 +42,12 @@ class Problem:
     # its phases joined by "+", e.g. "adamw+lbfgs"): {"loss", "metric", "source"}; reports show
     # them beside the suite's own.
     paper: dict[str, dict] | None = None
+    # Tokens one step trains on (language models): the harness logs cumulative tokens and
+    # tokens per second.
+    tokens_per_step: int | None = None
+    # The learning-rate schedule as a multiple of each group's initial lr, given the number of
+    # steps done (torch's LambdaLR); None: constant.
+    lr_factor: Callable[[int], float] | None = None
 
 
 def epoch_batches(

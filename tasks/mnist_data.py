@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import DataError
+
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -28,10 +30,6 @@ SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(RuntimeError):
-    """Missing or corrupt data; the message names the file and what is wrong."""
 
 
 def bundled_dir() -> Path:

@@ -1,9 +1,10 @@
-"""Task name -> module. A task module has ``Settings``, ``build`` and ``infeasible``."""
+"""Task name -> module. A task module has ``Settings``, ``build`` and ``infeasible``, and
+``inputs(settings)`` if its cells read files a Snakemake rule prepares."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import mnist_mlp, pinn
+from . import gpt2, mnist_mlp, pinn
 
-TASKS: dict[str, ModuleType] = {"mnist_mlp": mnist_mlp, "pinn": pinn}
+TASKS: dict[str, ModuleType] = {"mnist_mlp": mnist_mlp, "pinn": pinn, "gpt2": gpt2}

@@ -46,7 +46,7 @@ def test_diagnostics_go_to_the_configured_seeds_only(config):
     cells = resolve(config).cells
     diagnosed = {(c.task, c.seed) for c in cells if c.diagnostics}
     assert diagnosed == {("mnist_mlp", 0), ("mnist_mlp_h10", 0)}  # the PINNs are left out
-    assert all(c.diagnostics == {"points": 4} for c in cells if c.diagnostics)
+    assert all(c.diagnostics == {"points": 3} for c in cells if c.diagnostics)
     smoke = resolve({**config, "scale": "smoke"}).cells
     assert not any(c.diagnostics for c in smoke)  # off unless configured
 

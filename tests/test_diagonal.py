@@ -180,6 +180,41 @@ def test_sophia_counts_one_extra_forward_and_backward_per_gnb_update():
     assert counters.as_dict() == dict(forward=10, backward=10, hvp=0, ggnvp=0)
 
 
+@pytest.mark.parametrize("estimator", ["gnb", "hutchinson"])
+def test_sophia_hessian_batch_estimates_on_the_first_examples_only(estimator):
+    """h after the first step is (1 - b2) h_hat with h_hat taken on x[:2] alone, by hand with
+    the optimizer's generator; the gradient still uses the whole batch."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4).double()
+    params = list(model.parameters())
+    x, y = torch.randn(6, 3, dtype=F64), torch.randint(0, 4, (6,))
+    opt = Sophia(params, estimator=estimator, hessian_batch=2, seed=7, weight_decay=0.0)
+    counters = Counters()
+    opt.step(Objective(model, F.cross_entropy, (x, y), params, counters))
+
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    fresh = nn.Linear(3, 4).double()  # the parameters before the step
+    sub = list(fresh.parameters())
+    out = fresh(x[:2])
+    if estimator == "gnb":
+        probs = torch.softmax(out.detach(), -1)
+        sampled = torch.multinomial(probs, 1, generator=gen).view(-1)
+        g_hat = torch.autograd.grad(F.cross_entropy(out, sampled), sub)
+        want = [2 * g * g for g in g_hat]
+    else:
+        sizes = [p.numel() for p in sub]
+        z = rademacher(torch.empty(sum(sizes), dtype=F64), gen)
+        zs = [v.view_as(p) for v, p in zip(z.split(sizes), sub, strict=True)]
+        grads = torch.autograd.grad(F.cross_entropy(out, y[:2]), sub, create_graph=True)
+        hz = torch.autograd.grad(grads, sub, zs)
+        want = [zi * hi for zi, hi in zip(zs, hz, strict=True)]
+    b2 = opt.param_groups[0]["betas"][1]
+    for p, w in zip(params, want, strict=True):
+        assert_close(opt.state[p]["hessian"], (1 - b2) * w)
+    assert counters.forward == 2 and counters.backward == 2
+
+
 @pytest.mark.parametrize("cls", [AdaHessian, Sophia])
 def test_state_dict_carries_the_generator(cls):
     def run(opt, model, steps):

@@ -2,6 +2,7 @@
 counters, determinism."""
 
 import dataclasses
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -112,6 +113,8 @@ def test_infeasible_cell_is_recorded_without_loading_data(tmp_path, monkeypatch)
 def test_cpu_peak_memory_resets_and_sees_later_allocations():
     from hessbench.workflows.measure import peak_memory_bytes, reset_peak_memory
 
+    # Earlier tests' cyclic garbage (models, logits) freed mid-test would offset the growth
+    gc.collect()
     cpu = torch.device("cpu")
     big = torch.ones(50_000_000)  # 200 MB, mapped and unmapped on its own by glibc
     del big

@@ -10,7 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-from hessbench.tasks.mnist_data import FILES, SHA256, DataError, bundled_dir, load_mnist, read_idx
+from hessbench.tasks.base import DataError
+from hessbench.tasks.mnist_data import FILES, SHA256, bundled_dir, load_mnist, read_idx
 
 # Per-digit label counts of the canonical MNIST splits (LeCun's files).
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

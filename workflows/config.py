@@ -114,6 +114,14 @@ def task_settings(module_name: str, values: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {err}") from err
 
 
+def cell_inputs(cell: Cell) -> list[str]:
+    """Files the cell's task reads that a rule makes first (the GPT-2 token bins)."""
+    module = TASKS[cell.task_module]
+    if not hasattr(module, "inputs"):
+        return []
+    return module.inputs(task_settings(cell.task_module, cell.settings, f"cell {cell.path}"))
+
+
 def parse_chain(text: str, where: str) -> list[tuple[str, int | None]]:
     """``"adam:1000 -> lbfgs:2000 -> nncg"`` (or with arrows) as [(entry, steps), ..., (entry,
     None)]: every phase but the last names its steps; the last runs to the end."""

@@ -96,6 +96,9 @@ class Run:
         params = [p for p in problem.model.parameters() if p.requires_grad]
         self.n_params = sum(p.numel() for p in params)
         optimizer = self.optimizer = opt_config.build(params)
+        schedule = None
+        if problem.lr_factor is not None:
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, problem.lr_factor)
         if self.track:
             self.tracker = Tracker(
                 project=cell.wandb_project,
@@ -130,6 +133,8 @@ class Run:
                     problem.model, problem.loss_fn, batch, params, self.counters, problem.likelihood
                 )
                 record = _record(optimizer.step(objective))
+                if schedule is not None:
+                    schedule.step()
                 clock.stop("step", start)
                 loss = _scalar(record.get("loss"))
                 if loss is None or not math.isfinite(loss):
@@ -177,6 +182,8 @@ class Run:
             "peak_mem_bytes": self._peak_memory(fresh=metrics is not None),
             "lr": group.get("lr"),
         }
+        if self.problem is not None and self.problem.tokens_per_step:
+            row["tokens"] = step * self.problem.tokens_per_step
         for key, value in (record or {}).items():
             if key != "loss" and (number := _scalar(value)) is not None:
                 row[key] = number
@@ -258,6 +265,9 @@ class Run:
             median_step_s=self.clock.median("step"),
             peak_mem_bytes=int(frame["peak_mem_bytes"].max()),
             optimizer_state_bytes=optimizer_state_bytes(self.optimizer),
+            tokens_per_s=problem.tokens_per_step * int(frame["step"].max()) / totals["step"]
+            if problem.tokens_per_step and totals["step"] > 0
+            else None,
             **{f"total_{k}": v for k, v in self.counters.as_dict().items()},
         )
         return out

@@ -174,7 +174,9 @@ class Sophia(_DiagonalCurvature):
 
     ``estimator="gnb"`` is Sophia-G: h_hat = B g_hat * g_hat with B the number of predictions
     (so ``rho`` is the official code's rho: its step divides by rho * bs * h). ``"hutchinson"``
-    is Sophia-H: h_hat = u * (H u).
+    is Sophia-H: h_hat = u * (H u). ``hessian_batch`` (None: the whole batch) takes the estimate
+    on the step's first ``hessian_batch`` examples, as the official GPT-2 runs take it on one
+    micro-batch of the gradient's accumulated batch: the cost lever besides the interval.
 
     Where the references disagree, this one takes:
     - negative or zero curvature: the denominator is max(rho h, eps), so such a coordinate takes
@@ -197,6 +199,7 @@ class Sophia(_DiagonalCurvature):
         eps: float = 1e-15,
         update_interval: int = 10,
         estimator: str = "gnb",
+        hessian_batch: int | None = None,
         seed: int | None = None,
     ):
         if estimator not in ("gnb", "hutchinson"):
@@ -204,16 +207,24 @@ class Sophia(_DiagonalCurvature):
         if not rho > 0 or not eps > 0:
             raise ValueError(f"rho and eps must be > 0, got {rho}, {eps}")
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps)
+        if hessian_batch is not None and not (isinstance(hessian_batch, int) and hessian_batch > 0):
+            raise ValueError(
+                f"hessian_batch must be a positive integer or None, got {hessian_batch!r}"
+            )
         super().__init__(params, defaults, update_interval, seed)
         self.estimator = estimator
+        self.hessian_batch = hessian_batch
 
     def _estimate(self, objective: Objective):
-        if self.estimator == "hutchinson":
+        whole = self.hessian_batch is None or self.hessian_batch >= len(objective.inputs)
+        if self.estimator == "hutchinson" and whole:
             return self._hutchinson(objective)
         loss, grads = objective.loss_and_grad()
-        predictions = objective.targets.numel()
-        sampled = objective.sampled_gradient(self.generator)
-        return loss, grads, [predictions * g * g for g in sampled]
+        sample = objective if whole else objective.subset(self.hessian_batch)
+        if self.estimator == "hutchinson":
+            return loss, grads, self._hutchinson(sample)[2]
+        sampled = sample.sampled_gradient(self.generator)
+        return loss, grads, [sample.targets.numel() * g * g for g in sampled]
 
     @torch.no_grad()
     def step(self, closure: Objective) -> dict:  # type: ignore[override]

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Vector = tuple[Tensor, ...]
 
@@ -46,6 +47,13 @@ def _index(model: nn.Module) -> tuple[dict[int, str], dict[str, Tensor]]:
         names = {id(p): name for name, p in model.named_parameters()}
         _MODEL_INDEX[model] = (names, dict(model.named_buffers()))
     return _MODEL_INDEX[model]
+
+
+def twice_differentiable():
+    """Graphs that curvature products differentiate twice: fused attention kernels (flash,
+    memory-efficient) have no derivative of their backward, so scaled_dot_product_attention
+    falls back to its composite math form here. A model without attention is unaffected."""
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 class Infeasible(RuntimeError):
@@ -168,7 +176,7 @@ class Objective:
         return self._ggn_operator().apply(v)
 
     def _hessian_operator(self) -> Curvature:
-        with torch.enable_grad():
+        with torch.enable_grad(), twice_differentiable():
             loss = self.loss_fn(self.model(self.inputs), self.targets)
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
 
@@ -193,7 +201,7 @@ class Objective:
         return Curvature(loss.detach(), tuple(g.detach() for g in grads), apply)
 
     def _ggn_operator(self) -> Curvature:
-        with torch.enable_grad():
+        with torch.enable_grad(), twice_differentiable():
             out = self.model(self.inputs)
             # The loss's own graph starts at a detached copy of the outputs: its second
             # derivative (H_out) is all the products need of it.

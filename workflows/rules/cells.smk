@@ -3,6 +3,8 @@
 
 
 rule cell:
+    input:
+        lambda wildcards: cell_inputs(PLAN.cell_of(wildcards)),
     output:
         summary="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/summary.json",
         metrics="results/{scale}/{task}/{optimizer}/{backend}/seed{seed}/metrics.parquet",

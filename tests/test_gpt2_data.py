@@ -10,6 +10,8 @@ import json
 import os
 import re
 import socket
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +336,19 @@ def test_cli_prepares_the_offline_corpus(tmp_path, monkeypatch, capsys):
     assert (manifest["train"]["documents"], manifest["val"]["documents"]) == (148, 2)
     printed = capsys.readouterr().out
     assert f"train {manifest['train']['tokens']:,} tokens (148 documents)" in printed
+
+
+def test_openwebtext_without_a_usable_datasets_says_what_to_install(monkeypatch):
+    """The online path cannot run here; its two refusals can: no `datasets`, and a `datasets`
+    that refuses the hub repository's loading script (as 4.x does)."""
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+    with pytest.raises(DataError, match="pip install datasets"):
+        gpt2_data.openwebtext_documents()
+
+    def refuse(name, **kwargs):
+        raise RuntimeError(f"Dataset scripts are no longer supported, but found {name}.py")
+
+    scripts_refused = types.SimpleNamespace(__version__="4.0.0", load_dataset=refuse)
+    monkeypatch.setitem(sys.modules, "datasets", scripts_refused)
+    with pytest.raises(DataError, match=r"Skylion007/openwebtext.*datasets<4"):
+        gpt2_data.openwebtext_documents()

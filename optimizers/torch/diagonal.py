@@ -240,14 +240,18 @@ class Sophia(_DiagonalCurvature):
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
         torch._foreach_lerp_(m, grads, 1 - b1)
-        denom = torch._foreach_mul(h, rho)
-        torch._foreach_clamp_min_(denom, eps)  # max(rho h, eps): safe on h <= 0
-        ratio = torch._foreach_div(m, denom)
+        # m / max(rho h, eps) in one buffer, by reciprocal and product: a second buffer and
+        # torch's foreach divide and two clamps made this 3x slower on CPU (15 vs 4.8 ms on
+        # 3.4M parameters, against AdamW's 7.3), the Sophia / AdamW step ratio's excess.
+        ratio = torch._foreach_mul(h, rho)
+        torch._foreach_clamp_min_(ratio, eps)  # max(rho h, eps): safe on h <= 0
+        torch._foreach_reciprocal_(ratio)
+        torch._foreach_mul_(ratio, m)
         if due:  # measured when h is refreshed: a per-step count would cost a reduction a step
             clipped = sum((r.abs() >= 1).sum() for r in ratio)
             vector["clip_fraction"] = clipped / self.numel
-        torch._foreach_clamp_min_(ratio, -1.0)
-        torch._foreach_clamp_max_(ratio, 1.0)
+        for r in ratio:
+            r.clamp_(-1.0, 1.0)
         torch._foreach_add_(params, ratio, alpha=-lr)
         return {
             "loss": loss,

@@ -165,7 +165,9 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
     train, val = bins["train"], bins["val"]
     block = settings.block_size
     val_starts = fixed_windows(val, settings.eval_windows, block)
-    fixed_windows(train, settings.batch_size, block)  # the train bin must hold a batch
+    # curvature diagnostics: the same fixed training windows for every optimizer (and a train
+    # bin too short for one window fails here, before the model is built)
+    train_examples = windows(train, fixed_windows(train, 64, block), block, device)
 
     torch.manual_seed(seed)
     autocast = settings.amp == "bfloat16" and device.type == "cuda"
@@ -193,8 +195,7 @@ def build(settings: Settings, seed: int, device: torch.device) -> Problem:
         steps=settings.steps,
         eval_every=settings.eval_every,
         batch_size=settings.batch_size,
-        # curvature diagnostics: the same fixed training windows for every optimizer
-        train_examples=windows(train, fixed_windows(train, 64, block), block, device),
+        train_examples=train_examples,
         tokens_per_step=settings.batch_size * block,
         lr_factor=lambda step: lr_factor(
             step, settings.warmup_steps, settings.steps, settings.min_lr_ratio

@@ -18,8 +18,6 @@ import argparse
 import contextlib
 import csv
 import hashlib
-import importlib.metadata
-import importlib.util
 import io
 import itertools
 import json
@@ -36,13 +34,13 @@ import tiktoken
 from tiktoken import Encoding
 
 from .base import DataError
+from .packaged import package_file, pinned_file, sha256
 
 # tiktoken caches a downloaded ranks file under sha1(url) in $TIKTOKEN_CACHE_DIR and accepts it
 # only if its SHA-256 matches (tiktoken/load.py, tiktoken_ext/openai_public.py).
 RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 RANKS_CACHE_NAME = hashlib.sha1(RANKS_URL.encode()).hexdigest()
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-INSTALL = "pip install --no-deps -r requirements-data.txt"
 CORPORA = ("offline", "openwebtext")
 DEFAULT_VAL_FRACTION = {"offline": 0.01, "openwebtext": 0.0005}  # the latter is nanoGPT's
 SEED = 2357  # nanoGPT's split seed
@@ -64,31 +62,14 @@ SOURCE_SHA256 = {
 _VERSE_NUMBER = re.compile(r"(?<!\S)\d+:\d+\s+")
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _package_file(distribution: str, file: str) -> Path:
-    """``file`` ("module/path") of an installed package, found without importing the package."""
-    module, _, relpath = file.partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {distribution!r} (for {file}) is not installed; run `{INSTALL}`")
-    path = Path(spec.submodule_search_locations[0]) / relpath
-    if not path.is_file():
-        raise DataError(f"{path}: missing from package {distribution!r}; reinstall: `{INSTALL}`")
-    return path
-
-
 def encoding(cache_dir: Path | None = None) -> Encoding:
     """The GPT-2 BPE, loaded from tiktoken's cache, which is filled from whisper's asset."""
     cache_dir = Path.cwd() / "data" / "tiktoken" if cache_dir is None else Path(cache_dir)
     cached = cache_dir / RANKS_CACHE_NAME
     # tiktoken would delete a corrupt cache file and download; refill it from disk instead.
-    if not (cached.is_file() and _sha256(cached) == RANKS_SHA256):
-        asset = _package_file("openai-whisper", "whisper/assets/gpt2.tiktoken")
-        if _sha256(asset) != RANKS_SHA256:
+    if not (cached.is_file() and sha256(cached) == RANKS_SHA256):
+        asset = package_file("openai-whisper", "whisper/assets/gpt2.tiktoken")
+        if sha256(asset) != RANKS_SHA256:
             raise DataError(f"{asset}: sha256 differs from tiktoken's r50k_base ranks")
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
@@ -99,15 +80,7 @@ def encoding(cache_dir: Path | None = None) -> Encoding:
 
 
 def _source(distribution: str) -> tuple[Path, dict]:
-    file, want = SOURCE_FILES[distribution], SOURCE_SHA256[distribution]
-    path = _package_file(distribution, file)
-    if (got := _sha256(path)) != want:
-        raise DataError(
-            f"{path}: sha256 {got[:12]}... differs from the pinned {want[:12]}...; "
-            f"reinstall: `{INSTALL}`"
-        )
-    version = importlib.metadata.version(distribution)
-    return path, {"package": distribution, "version": version, "file": file, "sha256": got}
+    return pinned_file(distribution, SOURCE_FILES[distribution], SOURCE_SHA256[distribution])
 
 
 def _dialog(path: Path) -> list[str]:
@@ -278,7 +251,7 @@ def load_bins(folder: Path, verify: bool = True) -> dict:
             raise DataError(f"{bin_path}: missing (listed in {path}); rerun the prep rule")
         if (size := bin_path.stat().st_size) != 2 * tokens or tokens <= 0:
             raise DataError(f"{bin_path}: {size:,} bytes, not 2 x {tokens:,} tokens: truncated")
-        if verify and (got := _sha256(bin_path)) != sha:
+        if verify and (got := sha256(bin_path)) != sha:
             raise DataError(f"{bin_path}: corrupt, sha256 {got[:12]}... is not the manifest's")
         arrays[name] = np.memmap(bin_path, dtype=np.uint16, mode="r")
     return arrays

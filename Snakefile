@@ -40,4 +40,6 @@ rule all:
         f"results/{SCALE}/figures/chains.png",
         f"results/{SCALE}/figures/lm_validation.png",
         f"results/{SCALE}/lm.md",
+        f"results/{SCALE}/figures/fewshot_loss_vs_forward.png",
+        f"results/{SCALE}/fewshot.md",
     default_target: True

@@ -15,7 +15,8 @@ device-synced clock; noise on a shared machine hits both alike. Reported per pai
   method's state bytes / the reference's (HiZOO-L's Hessian against HiZOO's).
 
 Pairs: the papers' (AdaHessian vs SGD at Hessian intervals 1 and 5, Sophia-G/H vs AdamW, HiZOO
-vs MeZO, HiZOO-L vs HiZOO, MeZO vs forward passes only, NNCG vs L-BFGS), every optimizer entry
+vs MeZO, HiZOO-L vs HiZOO, MeZO vs forward passes only, NNCG vs L-BFGS; on GPT-2 and on
+few-shot fine-tuning too, with AdamW vs MeZO for MeZO's memory claim), every optimizer entry
 of the config vs SGD, and the curvature products (GGN and Hessian-vector products inside CG)
 vs a gradient. A pair whose optimizer has not landed yet is listed as such. Also measured: the
 harness's own overhead per task (a real cell with SGD). Hyperparameters are the config's
@@ -90,6 +91,13 @@ NAMED = [
          task="gpt2"),
     Pair("Sophia-G vs AdamW, GPT-2, estimate on the whole batch", "sophia_g", "adamw",
          {"hessian_batch": None}, "", None, task="gpt2"),
+    # few-shot fine-tuning of the 22.6M-parameter encoder, every parameter tuned
+    Pair("MeZO vs forward only, fine-tuning", "mezo", FORWARD, {}, "inference memory", None,
+         1.05, task="rt_minilm_k16"),
+    Pair("AdamW vs MeZO, fine-tuning", "adamw", "mezo", {}, "up to 12x memory (MeZO)",
+         task="rt_minilm_k16"),
+    Pair("HiZOO vs MeZO, fine-tuning (LoRA)", "hizoo", "mezo", {}, "1.4-1.5 (seed 001)", 1.40,
+         task="rt_minilm_k16_lora"),
 ]  # fmt: skip
 
 

@@ -43,6 +43,8 @@ SUMMARY_FIELDS = IDENTITY + [
     "batch_size",
     "schedule",
     "tokens_per_s",
+    "initial_test_metric",
+    "final_test_metric",
 ]
 
 
@@ -58,6 +60,8 @@ def read_summary(path: Path) -> dict:
     row["task_module"] = config.get("task_module")
     row["steps"] = settings.get("steps")  # the budget; steps_done says how far a cell got
     row["corpus"] = settings.get("corpus")
+    for key in ("dataset", "model", "tuning", "k"):  # fine-tuning tasks
+        row[key] = settings.get(key)
     paper = summary.get("paper") or {}
     row["paper_loss"], row["paper_metric"] = paper.get("loss"), paper.get("metric")
     row["paper_source"] = paper.get("source")

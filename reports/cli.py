@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--runs", type=Path, required=True)
     chain.add_argument("--summaries", type=Path, required=True)
     chain.add_argument("--out", type=Path, required=True)
+    fewshot = sub.add_parser(
+        "fewshot", help="runs + summaries -> fine-tuning accuracy table and loss-vs-forward PNG"
+    )
+    fewshot.add_argument("--runs", type=Path, required=True)
+    fewshot.add_argument("--summaries", type=Path, required=True)
+    fewshot.add_argument("--figure", type=Path, required=True)
+    fewshot.add_argument("--table", type=Path, required=True)
     lm = sub.add_parser("lm", help="runs + summaries -> validation-loss PNG and final-loss table")
     lm.add_argument("--runs", type=Path, required=True)
     lm.add_argument("--summaries", type=Path, required=True)
@@ -69,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
 
         runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
         save(chain_curves(runs, summaries), args.out)
+    elif args.command == "fewshot":
+        from .fewshot import accuracy_markdown, loss_curves
+        from .figures import save
+
+        runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
+        save(loss_curves(runs, summaries), args.figure)
+        args.table.write_text(accuracy_markdown(summaries))
     elif args.command == "lm":
         from .figures import save
         from .lm import final_losses_markdown, validation_curves

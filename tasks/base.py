@@ -48,6 +48,10 @@ class Problem:
     # The learning-rate schedule as a multiple of each group's initial lr, given the number of
     # steps done (torch's LambdaLR); None: constant.
     lr_factor: Callable[[int], float] | None = None
+    # A held-out test set scored before the first step and after the last only -> {"test_loss",
+    # "test_metric"}: the number a paper's table reports, never used for selection (evaluate's
+    # split is).
+    test: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 def epoch_batches(

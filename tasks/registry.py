@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import gpt2, mnist_mlp, pinn
+from . import gpt2, mnist_mlp, pinn, roberta_ft
 
-TASKS: dict[str, ModuleType] = {"mnist_mlp": mnist_mlp, "pinn": pinn, "gpt2": gpt2}
+TASKS: dict[str, ModuleType] = {
+    "mnist_mlp": mnist_mlp,
+    "pinn": pinn,
+    "gpt2": gpt2,
+    "roberta_ft": roberta_ft,
+}

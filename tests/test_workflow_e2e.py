@@ -71,7 +71,10 @@ def test_every_cell_ran_and_only_the_diverging_one_failed(smoke):
     crossed = {("mnist_mlp", o, s) for o in optimizers for s in (0, 1)}
     pinn = set(config["scales"]["smoke"]["tasks"]["pinn_reaction"]["optimizers"]) - {"nncg"}
     crossed |= {("pinn_reaction", o, s) for o in pinn for s in (0, 1)}
-    crossed |= {("gpt2", o, 0) for o in config["scales"]["smoke"]["tasks"]["gpt2"]["optimizers"]}
+    smoke_tasks = config["scales"]["smoke"]["tasks"]
+    for task in ("gpt2", "rt_tiny", "rt_tiny_lora", "rt_tiny_prefix"):  # one seed each
+        crossed |= {(task, o, 0) for o in smoke_tasks[task]["optimizers"]}
+    assert len(smoke_tasks["rt_tiny"]["optimizers"]) == 7  # the tables' optimizers
     assert set(cells) == crossed
     for (task, optimizer, _), s in cells.items():
         expected = {"sgd_diverge": "diverged"}.get(optimizer, "ok")
@@ -148,6 +151,20 @@ def test_gpt2_cells_read_the_prepared_offline_corpus_and_log_tokens(smoke):
     assert sophia["tokens"].max() == 4 * 2 * 32  # steps x windows x context
     table = (smoke / "results" / "smoke" / "lm.md").read_text()
     assert "corpus: offline" in table and "| sophia_g " in table
+
+
+def test_fine_tuning_cells_score_the_test_set_first_and_last_and_report_a_zero_shot_row(smoke):
+    runs = pd.read_parquet(smoke / "results" / "smoke" / "runs.parquet")
+    tuned = runs[runs["task"].str.startswith("rt_tiny")]
+    assert tuned.groupby(["task", "optimizer"]).ngroups == 9
+    for _, cell in tuned.groupby(["task", "optimizer"]):
+        scored = cell.dropna(subset=["test_metric"])["step"].tolist()
+        assert scored == [0, cell["step"].max()]  # before the first step and after the last
+    table = (smoke / "results" / "smoke" / "fewshot.md").read_text()
+    assert "## sst2-rt-snippets, tiny, k = 4" in table
+    assert "| zero-shot " in table and "| lora " in table and "| prefix " in table
+    figure = smoke / "results" / "smoke" / "figures" / "fewshot_loss_vs_forward.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_snakemake_html_report_holds_leaderboard_and_figures(smoke):

@@ -114,7 +114,7 @@ class Run:
         reset_peak_memory(self.device)
         loop_start = time.perf_counter()
         with clock.measure("eval"):
-            self._log(0, None, None, problem.evaluate(problem.model))
+            self._log(0, None, None, self._evaluate(with_test=True))
         if cell.diagnostics:
             settings = DiagnosticSettings(**cell.diagnostics)
             self.diagnostics = Diagnostics(
@@ -142,7 +142,7 @@ class Run:
                     raise Diverged(f"non-finite training loss ({loss}) at step {step}")
                 if step % problem.eval_every == 0 or step == problem.steps:
                     with clock.measure("eval"):
-                        metrics = problem.evaluate(problem.model)
+                        metrics = self._evaluate(with_test=step == problem.steps)
                     self._log(step, loss, record, metrics)
                     with clock.measure("tracking"):
                         if self.tracker:
@@ -157,6 +157,13 @@ class Run:
         finally:
             bar.close()
             self.loop_s = time.perf_counter() - loop_start
+
+    def _evaluate(self, with_test: bool) -> dict[str, float]:
+        """The validation metrics; at the first and last rows also the test set's, if any."""
+        metrics = self.problem.evaluate(self.problem.model)
+        if with_test and self.problem.test is not None:
+            metrics.update(self.problem.test(self.problem.model))
+        return metrics
 
     def _diagnose(self, step: int) -> None:
         floor = peak_memory_bytes(self.device)
@@ -178,6 +185,7 @@ class Run:
             "train_loss": loss,
             "val_loss": metrics["val_loss"] if metrics else None,
             "val_metric": metrics["val_metric"] if metrics else None,
+            **{k: v for k, v in (metrics or {}).items() if k.startswith("test_")},
             **self.counters.as_dict(),
             "peak_mem_bytes": self._peak_memory(fresh=metrics is not None),
             "lr": group.get("lr"),
@@ -226,6 +234,12 @@ class Run:
         if problem is None or frame.empty:
             return out
         evals = frame.dropna(subset=["val_metric"])
+        if "test_metric" in frame:
+            tests = frame.dropna(subset=["test_metric"])
+            out["initial_test_metric"] = float(tests["test_metric"].iloc[0])
+            out["final_test_metric"] = (
+                float(tests["test_metric"].iloc[-1]) if tests["step"].iloc[-1] > 0 else None
+            )
         sign = 1 if problem.higher_is_better else -1
         reached = evals[sign * evals["val_metric"] >= sign * problem.target]
         first = reached.iloc[0] if len(reached) else None

@@ -133,3 +133,26 @@ rule lm:
     shell:
         "MPLBACKEND=Agg hessbench-report lm --runs {input.runs:q} --summaries {input.summaries:q} "
         "--figure {output.figure:q} --table {output.table:q} > {log:q} 2>&1"
+
+
+rule fewshot:
+    input:
+        runs=f"results/{SCALE}/runs.parquet",
+        summaries=f"results/{SCALE}/summaries.parquet",
+    output:
+        figure=report(
+            f"results/{SCALE}/figures/fewshot_loss_vs_forward.png",
+            caption="../report/fewshot_curves.rst",
+            category="Loss curves",
+        ),
+        table=report(
+            f"results/{SCALE}/fewshot.md",
+            caption="../report/fewshot_table.rst",
+            category="Leaderboard",
+        ),
+    log:
+        f"results/{SCALE}/logs/fewshot.log",
+    shell:
+        "MPLBACKEND=Agg hessbench-report fewshot --runs {input.runs:q} "
+        "--summaries {input.summaries:q} --figure {output.figure:q} --table {output.table:q} "
+        "> {log:q} 2>&1"

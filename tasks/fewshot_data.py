@@ -102,7 +102,7 @@ def rt_snippets() -> tuple[list[Example], dict]:
     for line in path.read_text(encoding="utf-8").splitlines()[1:]:  # header: id, sentiment, text
         _, score, text = line.split("\t")
         text = text.strip()
-        if float(score) != 0 and text not in seen:  # 3 sentences occur twice
+        if float(score) != 0 and text not in seen:  # 2 sentences occur twice
             seen.add(text)
             examples.append(((text,), int(float(score) > 0)))
     return examples, info

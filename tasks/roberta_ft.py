@@ -225,7 +225,8 @@ def classifier(settings: Settings, tokenizer, spec: Spec) -> Classifier:
         config = RobertaConfig(
             vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=32, pad_token_id=pad_id,
-            max_position_embeddings=settings.max_length + pad_id + 2, **NO_DROPOUT,
+            max_position_embeddings=settings.max_length + settings.prefix_tokens + pad_id + 2,
+            **NO_DROPOUT,
         )  # fmt: skip
         mlm = RobertaForMaskedLM(config)
     else:

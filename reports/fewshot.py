@@ -1,6 +1,6 @@
 """Few-shot fine-tuning (the ``roberta_ft`` task): test accuracy per optimizer and tuning mode
 beside the zero-shot row and the papers' RoBERTa-large k = 16 table, and the training loss and
-dev accuracy against forward passes (the zeroth-order methods' unit of cost)."""
+dev accuracy against forward-pass equivalents (the zeroth-order methods' unit of cost)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .figures import LEGEND_WIDTH  # noqa: E402
+from .figures import (  # noqa: E402
+    FORWARD_EQUIVALENTS,
+    LEGEND_WIDTH,
+    ORACLE_COST,
+    forward_equivalents,
+)
 
 MODULE = "roberta_ft"
 # Seed 001's Table 1 (RoBERTa-large, k = 16, mean test accuracy in %; MeZO's rows are MeZO's
@@ -63,13 +68,19 @@ def accuracy_table(summaries: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["dataset", "model", "k"]
     # a prefix starts as random virtual tokens: its first score is not the model's zero-shot
-    zero = ok[ok["tuning"] != "prefix"].groupby(keys).agg(
-        seeds=("seed", "nunique"),
-        test=("initial_test_metric", "mean"),
-        test_min=("initial_test_metric", "min"),
-        test_max=("initial_test_metric", "max"),
+    zero = (
+        ok[ok["tuning"] != "prefix"]
+        .groupby(keys)
+        .agg(
+            seeds=("seed", "nunique"),
+            test=("initial_test_metric", "mean"),
+            test_min=("initial_test_metric", "min"),
+            test_max=("initial_test_metric", "max"),
+        )
     )
     zero = zero.reset_index().assign(tuning="-", optimizer="zero-shot", paper_row="zero-shot")
+    # forward-pass equivalents (a backward costs 2, a curvature product 3), as the figures
+    ok = ok.assign(cost=sum(ok[f"total_{k}"].fillna(0) * w for k, w in ORACLE_COST.items()))
     tuned = ok.groupby([*keys, "tuning", "optimizer", "impl"]).agg(
         seeds=("seed", "nunique"),
         test=("final_test_metric", "mean"),
@@ -77,7 +88,7 @@ def accuracy_table(summaries: pd.DataFrame) -> pd.DataFrame:
         test_max=("final_test_metric", "max"),
         dev=("final_metric", "mean"),
         steps=("steps_done", "max"),
-        forward=("total_forward", "mean"),
+        forward=("cost", "mean"),
         step_ms=("median_step_s", lambda s: 1e3 * s.mean()),
         peak_mib=("peak_mem_bytes", lambda s: s.max() / 2**20),
     )
@@ -109,16 +120,24 @@ def accuracy_markdown(summaries: pd.DataFrame) -> str:
         "paper's: compare the ordering, not the numbers.",
         "",
     ]
+    columns = ["optimizer", "tuning", "seeds", "test", "test_min", "test_max", "dev", "steps",
+               "forward", "step_ms", "peak_mib", "paper_row", "paper"]  # fmt: skip
     for (dataset, model, k), part in table.groupby(["dataset", "model", "k"], sort=False):
-        lines += [f"## {dataset}, {model}, k = {k}", ""]
-        shown = part.drop(columns=["dataset", "model", "k"])
+        lines += [f"## {dataset}, {model}, k = {int(k)}", ""]
+        shown = part[columns]
         lines += [shown.to_markdown(index=False, floatfmt=".4g"), ""]
-    return "\n".join(lines)
+    failed = fewshot_summaries(summaries).query("status != 'ok'")
+    for row in failed.itertuples():
+        lines.append(
+            f"- not in the table: {row.task}/{row.optimizer} seed {int(row.seed)}: {row.status}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def loss_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
     """Training loss and dev accuracy against forward passes, mean over seeds with a min–max
-    band, one line per optimizer and tuning mode."""
+    band, one line per optimizer and tuning mode; forward-pass equivalents as in the other
+    figures (a backward costs 2)."""
     cells = fewshot_summaries(summaries)
     if cells.empty:
         fig, ax = plt.subplots(figsize=(5, 2))
@@ -127,16 +146,18 @@ def loss_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
         return fig
     keys = ["task", "optimizer", "seed"]
     data = runs.merge(cells[[*keys, "tuning"]], on=keys)
-    data = data.assign(run=data["optimizer"] + " (" + data["tuning"] + ")")
+    data = data.assign(run=data["optimizer"] + " (" + data["tuning"] + ")",
+                       cost=forward_equivalents(data))  # fmt: skip
     width = 11 + LEGEND_WIDTH
     fig, axes = plt.subplots(1, 2, figsize=(width, 4.5))
     for ax, y, ylabel in (
         (axes[0], "train_loss", "training loss (the step's batch)"),
         (axes[1], "val_metric", "dev accuracy"),
     ):
-        sns.lineplot(data=data.dropna(subset=[y]), x="forward", y=y, hue="run", ax=ax, lw=1.2,
+        sns.lineplot(data=data.dropna(subset=[y]), x="cost", y=y, hue="run", ax=ax, lw=1.2,
                      errorbar=("pi", 100))  # fmt: skip
-        ax.set(xlabel="forward passes", ylabel=ylabel, xscale="symlog")
+        ax.set(xlabel=FORWARD_EQUIVALENTS, ylabel=ylabel, xscale="symlog")
+        ax.set_xlim(left=0)
         handles, labels = ax.get_legend_handles_labels()
         ax.get_legend().remove()
     fig.suptitle("few-shot fine-tuning: mean over seeds, band min–max")

@@ -17,11 +17,14 @@ def config():
 def test_default_config_crosses_every_scale(config):
     for scale, body in config["scales"].items():
         plan = resolve({**config, "scale": scale})
+        own = body.get("optimizer_settings") or {}
         expected = sum(
-            len(task.get("optimizers") or config["optimizers"])
-            - len(set(task.get("optimizers") or ()) & set(config.get("phases", {})))
+            1
             for task in body["tasks"].values()
-            for _seed in task.get("seeds", body["seeds"])
+            for name in set(task.get("optimizers") or config["optimizers"])
+            - set(config.get("phases", {}))
+            for seed in task.get("seeds", body["seeds"])
+            if seed in own.get(name, {}).get("seeds", [seed])
         )
         assert len(plan.cells) == expected * len(config["backends"])
         assert len({c.path for c in plan.cells}) == len(plan.cells)
@@ -40,6 +43,18 @@ def test_optimizer_settings_override_the_task_for_that_optimizer_only(config):
     others = {c.settings["batch_size"] for c in cells if c.optimizer != "lbfgs"}
     assert lbfgs == {config["scales"]["cpu"]["optimizer_settings"]["lbfgs"]["batch_size"]}
     assert others == {64}
+
+
+def test_an_optimizer_entry_can_run_fewer_seeds_on_every_task(config):
+    cpu = config["scales"]["cpu"]
+    cpu["optimizer_settings"]["sgd"] = {"seeds": [1]}
+    cells = resolve(config).cells
+    assert {(c.task, c.seed) for c in cells if c.optimizer == "sgd"} == {
+        ("mnist_mlp", 1),
+        ("mnist_mlp_h10", 1),
+    }
+    assert {c.seed for c in cells if c.optimizer == "adamw"} == {0, 1}
+    assert cpu["optimizer_settings"]["newton"]["seeds"] == [0]  # the minute-long single step
 
 
 def test_diagnostics_go_to_the_configured_seeds_only(config):

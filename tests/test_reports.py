@@ -311,3 +311,37 @@ def test_aggregate_reads_the_configured_learning_rate(tmp_path):
     path.write_text(json.dumps(summary))
     _, summaries = aggregate([path])
     assert summaries["lr"].tolist() == [0.01]
+
+
+def test_fewshot_table_has_a_zero_shot_row_and_the_papers_row_per_method():
+    from hessbench.reports.fewshot import accuracy_markdown, accuracy_table
+
+    def cell(optimizer, impl, tuning, seed, initial, final, status="ok"):
+        return dict(task_module="roberta_ft", dataset="sst2-rt-snippets", model="minilm-l6",
+                    k=16, task=f"rt_{tuning}", optimizer=optimizer, impl=impl, tuning=tuning,
+                    seed=seed, status=status, initial_test_metric=initial,
+                    final_test_metric=final, final_metric=0.75, steps_done=10,
+                    total_forward=20, total_backward=10, total_hvp=0, total_ggnvp=0,
+                    median_step_s=0.1, peak_mem_bytes=2**20)  # fmt: skip
+
+    summaries = pd.DataFrame([
+        cell("adamw", "adamw", "full", 0, 0.60, 0.70),
+        cell("adamw", "adamw", "full", 1, 0.62, 0.80),
+        cell("mezo", "mezo", "lora", 0, 0.60, 0.65),
+        cell("mezo", "mezo", "prefix", 0, 0.30, 0.66),  # a random prefix: not zero-shot
+        cell("hizoo", "hizoo", "full", 0, 0.60, None, status="diverged"),
+        dict(task_module="mnist_mlp", status="ok", initial_test_metric=None),
+    ])  # fmt: skip
+    table = accuracy_table(summaries).set_index(["optimizer", "tuning"])
+    zero = table.loc[("zero-shot", "-")]
+    assert (zero["test_min"], zero["test_max"]) == pytest.approx((60, 62))
+    assert zero["paper"] == 79.0 and zero["seeds"] == 2
+    adamw = table.loc[("adamw", "full")]
+    assert adamw["test"] == pytest.approx(75) and adamw["paper_row"] == "FT"
+    assert adamw["paper"] == 91.9 and adamw["forward"] == 40  # 20 + 2 x 10
+    assert table.loc[("mezo", "lora"), "paper"] == 91.4  # MeZO (PEFT)
+    assert table.loc[("mezo", "prefix"), "test"] == pytest.approx(66)
+    assert ("hizoo", "full") not in table.index  # diverged: no test accuracy
+    text = accuracy_markdown(summaries)
+    assert "## sst2-rt-snippets, minilm-l6, k = 16" in text
+    assert "not in the table: rt_full/hizoo seed 0: diverged" in text

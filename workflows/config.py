@@ -252,7 +252,8 @@ def _plan(
         where = f"config error at scales.{scale}.optimizer_settings.{name}"
         if name not in optimizers and not any(name in t[3] for t in tasks.values()):
             raise ConfigError(f"{where}: no optimizer entry {name!r}")
-        if not any(set(values) <= names for names in fields.values()):
+        values = {k: v for k, v in values.items() if k != "seeds"}
+        if values and not any(set(values) <= names for names in fields.values()):
             raise ConfigError(
                 f"{where}: no task of scale {scale} has all of the settings {sorted(values)}"
             )
@@ -267,7 +268,9 @@ def _plan(
             # An optimizer's settings at this scale (e.g. L-BFGS's larger batch) override the
             # task's, on the tasks they fit: those with every one of the settings (L-BFGS's
             # batch size and steps for MNIST do not touch the full-batch PINNs).
-            own = per_optimizer.get(oname, {})
+            own = dict(per_optimizer.get(oname, {}))
+            if seed not in own.pop("seeds", [seed]):  # the entry runs fewer seeds everywhere
+                continue
             own = own if set(own) <= fields[module] else {}
             where = f"config error at scales.{scale}.optimizer_settings.{oname} (task {tname})"
             settings = dataclasses.asdict(task_settings(module, {**values, **own}, where))

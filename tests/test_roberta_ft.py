@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import types
 
 import pandas as pd
 import pytest
@@ -159,6 +161,28 @@ def test_a_changed_data_file_and_an_unknown_dataset_are_refused(monkeypatch):
     monkeypatch.setattr(fewshot_data, "RT_SHA256", "0" * 64)
     with pytest.raises(DataError, match="sha256"):
         fewshot_data.rt_snippets()
+
+
+def test_hub_datasets_map_their_columns_and_drop_unlabelled_rows(monkeypatch):
+    """The online path (no network here): the rows `datasets` would return for SNLI, with an
+    unlabelled pair (-1), become (premise, hypothesis) examples; the test split is the
+    dataset's labelled evaluation split."""
+    asked = []
+
+    def load_dataset(path, config, split):
+        asked.append((path, config, split))
+        return [
+            {"premise": f"p{split}{i}", "hypothesis": f"h{i}", "label": i % 3 if i else -1}
+            for i in range(200)
+        ]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    data = fewshot_data.load("snli", k=4, seed=0)
+    assert asked == [("stanfordnlp/snli", None, "train"), ("stanfordnlp/snli", None, "validation")]
+    assert len(data.test) == 199 and all(label >= 0 for _, label in data.test)
+    assert data.test[0] == (("pvalidation1", "h1"), 1)
+    assert sorted(label for _, label in data.train) == [0] * 4 + [1] * 4 + [2] * 4
+    assert all(fields[0].startswith("ptrain") for fields, _ in data.train + data.dev)
 
 
 def roberta_cell():

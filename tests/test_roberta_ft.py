@@ -221,6 +221,26 @@ def test_the_zero_shot_test_score_is_logged_before_the_first_step(tmp_path):
     assert summary["final_test_metric"] == metrics.loc[2, "test_metric"]
 
 
+def test_every_optimizer_of_the_tables_trains_on_the_task(tmp_path):
+    """The gpu grid's seven optimizers (MeZO, ZO-Adam, HiZOO, HiZOO-L; AdamW, Sophia-G,
+    AdaHessian) with their configured hyperparameters, two steps each on the tiny model: the
+    smoke grid runs only three of them to keep its budget."""
+    gpu = [c for c in load(scale="gpu").cells if c.task in ("sst2_k16", "sst2_k16_ft")]
+    entries = {c.optimizer: (c.impl, c.hyperparameters) for c in gpu}
+    assert len(entries) == 7
+    base = roberta_cell()
+    for name, (impl, hyper) in entries.items():
+        cell = dataclasses.replace(base, optimizer=name, impl=impl, hyperparameters=hyper)
+        summary = run_cell(cell, tmp_path / name, track=False)
+        assert summary["status"] == "ok", (name, summary["reason"])
+        forward_per_step = {"mezo": 2, "zo_adam": 2, "hizoo": 3, "hizoo_l": 3}.get(impl)
+        if forward_per_step:  # zeroth order: forward passes only
+            assert summary["total_backward"] == 0
+            assert summary["total_forward"] == 2 * forward_per_step, name
+        else:
+            assert summary["total_backward"] >= 2, name
+
+
 def trainable(model):
     return {name for name, p in model.named_parameters() if p.requires_grad}
 

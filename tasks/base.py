@@ -69,6 +69,18 @@ def epoch_batches(
             yield inputs[idx], targets[idx]
 
 
+def require_positive_ints(settings, names: tuple[str, ...], nullable: tuple[str, ...] = ()):
+    """Each named setting is an integer >= 1 (or None, if nullable); else one ValueError
+    naming it."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is None and name in nullable:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            null = " or null" if name in nullable else ""
+            raise ValueError(f"{name} must be a positive integer{null}, got {value!r}")
+
+
 def dtype_of(name: str) -> torch.dtype:
     dtypes = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
     if name not in dtypes:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Problem, dtype_of
+from .base import Problem, dtype_of, require_positive_ints
 
 CORPORA = ("offline", "openwebtext")
 
@@ -55,10 +55,7 @@ class Settings:
             raise ValueError(f"corpus must be one of {CORPORA}, got {self.corpus!r}")
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "steps",
                     "eval_every", "eval_windows")  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, positive)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Problem, dtype_of, epoch_batches
+from .base import Problem, dtype_of, epoch_batches, require_positive_ints
 from .mnist_data import load_mnist
 
 MEAN, STD = 0.1307, 0.3081  # pixel statistics of the training set (the usual normalisation)
@@ -32,11 +32,8 @@ class Settings:
     data_dir: str | None = None  # a folder of the four IDX files; None: the bundled copy
 
     def __post_init__(self):
-        positive = ("batch_size", "steps", "eval_every", "train_size", "test_size")
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        sizes = ("train_size", "test_size")
+        require_positive_ints(self, ("batch_size", "steps", "eval_every", *sizes), sizes)
         if self.train_size is not None and self.batch_size > self.train_size:
             raise ValueError(f"batch_size {self.batch_size} exceeds train_size {self.train_size}")
         dtype_of(self.dtype)  # an unknown dtype fails with the config, not inside a cell

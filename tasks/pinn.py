@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import Problem, dtype_of
+from .base import Problem, dtype_of, require_positive_ints
 
 X_POINTS, T_POINTS = 257, 101  # the paper's grid
 RESIDUAL, INITIAL, INITIAL_VELOCITY, LEFT, RIGHT, PERIODIC = range(6)  # a row's term
@@ -65,10 +65,7 @@ class Settings:
         if self.problem not in COEFFICIENT:
             raise ValueError(f"problem must be one of {sorted(COEFFICIENT)}, got {self.problem!r}")
         interior = (X_POINTS - 2) * (T_POINTS - 1)
-        for name in ("width", "depth", "residual_points", "steps", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, ("width", "depth", "residual_points", "steps", "eval_every"))
         if self.residual_points > interior:
             raise ValueError(f"residual_points must be at most {interior}, the interior points")
         if self.target is not None and not self.target > 0:

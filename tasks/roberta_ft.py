@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Problem, dtype_of, epoch_batches
+from .base import Problem, dtype_of, epoch_batches, require_positive_ints
 from .fewshot_data import MASK, SPECS, Spec, load
 from .packaged import package_file
 
@@ -66,13 +66,8 @@ class Settings:
         if self.tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {TUNINGS}, got {self.tuning!r}")
         positive = ("k", "max_length", "batch_size", "steps", "eval_every", "lora_r",
-                    "lora_alpha", "prefix_tokens")  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.test_size is not None and self.test_size < 1:
-            raise ValueError(f"test_size must be a positive integer or null, got {self.test_size}")
+                    "lora_alpha", "prefix_tokens", "test_size")  # fmt: skip
+        require_positive_ints(self, positive, nullable=("test_size",))
         if not 0 < self.target <= 1:
             raise ValueError(f"target is an accuracy in (0, 1], got {self.target}")
         dtype_of(self.dtype)

@@ -311,6 +311,8 @@ def test_minilm_cosine_head_starts_at_the_label_prompts(minilm_lora):
         ("tuning", "adapter", "tuning must be one of"),
         ("dataset", "sst3", "dataset must be one of"),
         ("k", 0, "k must be a positive integer"),
+        ("steps", True, "steps must be a positive integer"),  # a bool is no count
+        ("test_size", 0, "test_size must be a positive integer or null"),
         ("target", 1.5, "target is an accuracy"),
     ],
 )

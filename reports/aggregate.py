@@ -48,6 +48,13 @@ SUMMARY_FIELDS = IDENTITY + [
 ]
 
 
+def cells_of(summaries: pd.DataFrame, module: str) -> pd.DataFrame:
+    """The summaries of the cells whose task is an instance of task module ``module``."""
+    if "task_module" not in summaries:
+        return summaries.iloc[0:0]
+    return summaries[summaries["task_module"] == module]
+
+
 def read_summary(path: Path) -> dict:
     summary = json.loads(Path(path).read_text())
     row = {key: summary.get(key) for key in SUMMARY_FIELDS}

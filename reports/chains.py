@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .figures import LEGEND_WIDTH  # noqa: E402
+from .figures import LEGEND_WIDTH, legend_right, placeholder  # noqa: E402
 
 
 def chained_tasks(summaries: pd.DataFrame) -> list[str]:
@@ -24,13 +24,9 @@ def chained_tasks(summaries: pd.DataFrame) -> list[str]:
 def chain_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
     tasks = chained_tasks(summaries)
     if not tasks:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no chained schedule in this run", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return placeholder("no chained schedule in this run")
     width = 5.5 * len(tasks) + LEGEND_WIDTH
     fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.5), squeeze=False)
-    handles, labels = [], []
     for ax, task in zip(axes[0], tasks, strict=True):
         data = runs[(runs["task"] == task) & (runs["train_loss"] > 0)]
         palette = dict(zip(sorted(data["optimizer"].unique()), sns.color_palette(), strict=False))
@@ -49,8 +45,5 @@ def chain_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
                 )  # fmt: skip
         ax.set_yscale("log")
         ax.set(title=task, xlabel="step (iteration)", ylabel="training loss (the step's batch)")
-        handles, labels = ax.get_legend_handles_labels()
-        ax.get_legend().remove()
-    fig.legend(handles, labels, loc="center right", title="optimizer", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / width, 1))
+    legend_right(fig, ax, "optimizer", width)
     return fig

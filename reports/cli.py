@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 import pandas as pd
+
+# Reports of one task module: a figure from (runs, summaries) and a markdown table from the
+# summaries. Command -> (module, figure function, table function, what it writes).
+TASK_REPORTS = {
+    "lm": ("lm", "validation_curves", "final_losses_markdown",
+           "validation-loss PNG and final-loss table"),
+    "fewshot": ("fewshot", "loss_curves", "accuracy_markdown",
+                "fine-tuning loss-vs-forward PNG and accuracy table"),
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,18 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--runs", type=Path, required=True)
     chain.add_argument("--summaries", type=Path, required=True)
     chain.add_argument("--out", type=Path, required=True)
-    fewshot = sub.add_parser(
-        "fewshot", help="runs + summaries -> fine-tuning accuracy table and loss-vs-forward PNG"
-    )
-    fewshot.add_argument("--runs", type=Path, required=True)
-    fewshot.add_argument("--summaries", type=Path, required=True)
-    fewshot.add_argument("--figure", type=Path, required=True)
-    fewshot.add_argument("--table", type=Path, required=True)
-    lm = sub.add_parser("lm", help="runs + summaries -> validation-loss PNG and final-loss table")
-    lm.add_argument("--runs", type=Path, required=True)
-    lm.add_argument("--summaries", type=Path, required=True)
-    lm.add_argument("--figure", type=Path, required=True)
-    lm.add_argument("--table", type=Path, required=True)
+    for name, (_, _, _, text) in TASK_REPORTS.items():
+        task_report = sub.add_parser(name, help=f"runs + summaries -> {text}")
+        for option in ("--runs", "--summaries", "--figure", "--table"):
+            task_report.add_argument(option, type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "aggregate":
@@ -76,20 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
         runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
         save(chain_curves(runs, summaries), args.out)
-    elif args.command == "fewshot":
-        from .fewshot import accuracy_markdown, loss_curves
+    elif args.command in TASK_REPORTS:
         from .figures import save
 
+        module_name, figure, table, _ = TASK_REPORTS[args.command]
+        module = importlib.import_module(f".{module_name}", __package__)
         runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
-        save(loss_curves(runs, summaries), args.figure)
-        args.table.write_text(accuracy_markdown(summaries))
-    elif args.command == "lm":
-        from .figures import save
-        from .lm import final_losses_markdown, validation_curves
-
-        runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
-        save(validation_curves(runs, summaries), args.figure)
-        args.table.write_text(final_losses_markdown(summaries))
+        save(getattr(module, figure)(runs, summaries), args.figure)
+        args.table.write_text(getattr(module, table)(summaries))
     elif args.command == "lr-sensitivity":
         from .figures import lr_sensitivity, save
 

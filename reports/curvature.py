@@ -12,18 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .figures import placeholder  # noqa: E402
+
 PANELS = [
     ("hessian", "top", "largest Hessian eigenvalue"),
     ("hessian", "trace", "Hessian trace (Hutchinson, ± 1 s.e.)"),
     ("preconditioned", "top", "largest eigenvalue of P^-1/2 H P^-1/2"),
 ]
-
-
-def _empty(text: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5, 2))
-    ax.text(0.5, 0.5, text, ha="center", va="center")
-    ax.set_axis_off()
-    return fig
 
 
 def _one_seed(diagnostics: pd.DataFrame) -> pd.DataFrame:
@@ -35,7 +30,7 @@ def _one_seed(diagnostics: pd.DataFrame) -> pd.DataFrame:
 
 def curvature_curves(diagnostics: pd.DataFrame) -> plt.Figure:
     if diagnostics.empty:
-        return _empty("no curvature diagnostics were configured for this scale")
+        return placeholder("no curvature diagnostics were configured for this scale")
     data = _one_seed(diagnostics).assign(top=lambda d: d["top_eigenvalues"].map(lambda v: v[0]))
     tasks = sorted(data["task"].unique())
     fig, axes = plt.subplots(len(tasks), 3, figsize=(16, 4.2 * len(tasks)), squeeze=False)
@@ -68,7 +63,7 @@ def curvature_curves(diagnostics: pd.DataFrame) -> plt.Figure:
 
 def spectral_densities(diagnostics: pd.DataFrame, bins: int = 4000) -> plt.Figure:
     if diagnostics.empty:
-        return _empty("no curvature diagnostics were configured for this scale")
+        return placeholder("no curvature diagnostics were configured for this scale")
     data = _one_seed(diagnostics[diagnostics["kind"] == "hessian"])
     tasks = sorted(data["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 4.5), squeeze=False)

@@ -12,11 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .aggregate import cells_of  # noqa: E402
 from .figures import (  # noqa: E402
     FORWARD_EQUIVALENTS,
     LEGEND_WIDTH,
     ORACLE_COST,
     forward_equivalents,
+    legend_right,
+    placeholder,
 )
 
 MODULE = "roberta_ft"
@@ -39,12 +42,6 @@ STANDS_IN_FOR = {"sst2-rt-snippets": "sst2"}
 FIRST_ORDER = {"adamw", "sgd", "sophia", "adahessian"}
 
 
-def fewshot_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
-    if "task_module" not in summaries:
-        return summaries.iloc[0:0]
-    return summaries[summaries["task_module"] == MODULE]
-
-
 def paper_row(impl: str, tuning: str) -> str | None:
     peft = " (PEFT)" if tuning != "full" else ""
     if impl in ("mezo", "hizoo"):
@@ -62,7 +59,7 @@ def accuracy_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, model, tuning and optimizer: seeds, test accuracy (mean, min, max, in %),
     final dev accuracy, steps, forward passes, step time and peak memory; a zero-shot row per
     dataset and model from the test set scored before the first step."""
-    cells = fewshot_summaries(summaries)
+    cells = cells_of(summaries, MODULE)
     ok = cells[cells["status"] == "ok"]
     if ok.empty:
         return pd.DataFrame()
@@ -126,7 +123,7 @@ def accuracy_markdown(summaries: pd.DataFrame) -> str:
         lines += [f"## {dataset}, {model}, k = {int(k)}", ""]
         shown = part[columns]
         lines += [shown.to_markdown(index=False, floatfmt=".4g"), ""]
-    failed = fewshot_summaries(summaries).query("status != 'ok'")
+    failed = cells_of(summaries, MODULE).query("status != 'ok'")
     for row in failed.itertuples():
         lines.append(
             f"- not in the table: {row.task}/{row.optimizer} seed {int(row.seed)}: {row.status}"
@@ -138,12 +135,9 @@ def loss_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
     """Training loss and dev accuracy against forward passes, mean over seeds with a min–max
     band, one line per optimizer and tuning mode; forward-pass equivalents as in the other
     figures (a backward costs 2)."""
-    cells = fewshot_summaries(summaries)
+    cells = cells_of(summaries, MODULE)
     if cells.empty:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no fine-tuning task in this run", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return placeholder("no fine-tuning task in this run")
     keys = ["task", "optimizer", "seed"]
     data = runs.merge(cells[[*keys, "tuning"]], on=keys)
     data = data.assign(run=data["optimizer"] + " (" + data["tuning"] + ")",
@@ -158,9 +152,6 @@ def loss_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
                      errorbar=("pi", 100))  # fmt: skip
         ax.set(xlabel=FORWARD_EQUIVALENTS, ylabel=ylabel, xscale="symlog")
         ax.set_xlim(left=0)
-        handles, labels = ax.get_legend_handles_labels()
-        ax.get_legend().remove()
     fig.suptitle("few-shot fine-tuning: mean over seeds, band min–max")
-    fig.legend(handles, labels, loc="center right", title="optimizer (tuning)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / width, 1))
+    legend_right(fig, ax, "optimizer (tuning)", width)
     return fig

@@ -35,6 +35,25 @@ def forward_equivalents(runs: pd.DataFrame) -> pd.Series:
     return cost * runs["batch_size"]
 
 
+def placeholder(text: str) -> plt.Figure:
+    """A figure that says why there is nothing to draw (the target file must still exist)."""
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
+def legend_right(fig: plt.Figure, ax, title: str, width: float) -> None:
+    """Move ``ax``'s legend to one for the figure, right of the panels (per-panel legends of
+    16 entries hid curves); ``width``: the figure's width in inches, LEGEND_WIDTH included."""
+    handles, labels = ax.get_legend_handles_labels()
+    for panel in fig.axes:
+        if panel.get_legend() is not None:
+            panel.get_legend().remove()
+    fig.legend(handles, labels, loc="center right", title=title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / width, 1))
+
+
 def _smoothed(runs: pd.DataFrame) -> pd.DataFrame:
     cells = runs.groupby(["task", "optimizer", "backend", "seed"], sort=False)["train_loss"]
     return runs.assign(
@@ -45,15 +64,11 @@ def _smoothed(runs: pd.DataFrame) -> pd.DataFrame:
 def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
     tasks = sorted(runs["task"].unique())
     if not tasks:  # every cell infeasible or failed before its first row: say so, don't crash
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no metrics logged by any cell", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
-    # one legend for the figure, right of the panels (per-panel legends of 16 entries hid curves)
-    fig, axes = plt.subplots(
-        len(LOSSES), len(tasks), figsize=(5 * len(tasks) + LEGEND_WIDTH, 7), squeeze=False
-    )
+        return placeholder("no metrics logged by any cell")
+    width = 5 * len(tasks) + LEGEND_WIDTH
+    fig, axes = plt.subplots(len(LOSSES), len(tasks), figsize=(width, 7), squeeze=False)
     runs = _smoothed(runs)
+    last = axes[0][0]  # the legend's handles: the last panel drawn
     if x == "forward_equivalents":
         runs = runs.assign(forward_equivalents=forward_equivalents(runs))
     for col, task in enumerate(tasks):
@@ -81,10 +96,8 @@ def loss_curves(runs: pd.DataFrame, x: str, xlabel: str) -> plt.Figure:
             if x == "forward_equivalents":  # L-BFGS's big batches span three decades more
                 ax.set_xscale("log")
             ax.set(title=task, xlabel=xlabel, ylabel=label)
-            handles, labels = ax.get_legend_handles_labels()
-            ax.get_legend().remove()
-    fig.legend(handles, labels, loc="center right", title="optimizer", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / (5 * len(tasks) + LEGEND_WIDTH), 1))
+            last = ax
+    legend_right(fig, last, "optimizer", width)
     return fig
 
 
@@ -98,10 +111,7 @@ def lr_sensitivity(summaries: pd.DataFrame) -> plt.Figure:
     data = data[swept]
     tasks = sorted(data["task"].unique())
     if not tasks:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no implementation was run at two learning rates", ha="center")
-        ax.set_axis_off()
-        return fig
+        return placeholder("no implementation was run at two learning rates")
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         frame = data[data["task"] == task]

@@ -12,15 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .figures import LEGEND_WIDTH  # noqa: E402
+from .aggregate import cells_of  # noqa: E402
+from .figures import LEGEND_WIDTH, legend_right, placeholder  # noqa: E402
 
 MODULE = "gpt2"
-
-
-def lm_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
-    if "task_module" not in summaries:
-        return summaries.iloc[0:0]
-    return summaries[summaries["task_module"] == MODULE]
 
 
 def _label(frame: pd.DataFrame) -> pd.Series:
@@ -28,12 +23,9 @@ def _label(frame: pd.DataFrame) -> pd.Series:
 
 
 def validation_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure:
-    cells = lm_summaries(summaries)
+    cells = cells_of(summaries, MODULE)
     if cells.empty:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no language-model task in this run", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return placeholder("no language-model task in this run")
     keys = ["task", "optimizer", "seed"]
     data = runs.merge(cells[[*keys, "steps"]], on=keys).dropna(subset=["val_loss"])
     data = data.assign(run=_label(data))
@@ -49,17 +41,14 @@ def validation_curves(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Figure
             errorbar=None if by_seed else ("pi", 100),
         )  # fmt: skip
         ax.set(xlabel=xlabel, ylabel="validation loss (fixed windows)")
-        handles, labels = ax.get_legend_handles_labels()
-        ax.get_legend().remove()
     fig.suptitle("validation loss: mean over seeds, band min–max (left); each seed (right)")
-    fig.legend(handles, labels, loc="center right", title="optimizer, budget", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / width, 1))
+    legend_right(fig, ax, "optimizer, budget", width)
     return fig
 
 
 def final_losses(summaries: pd.DataFrame) -> pd.DataFrame:
     """Per optimizer and step budget: seeds, final validation loss (mean, min, max), tokens/s."""
-    cells = lm_summaries(summaries)
+    cells = cells_of(summaries, MODULE)
     ok = cells[cells["status"] == "ok"]
     table = ok.groupby(["optimizer", "steps"]).agg(
         seeds=("seed", "nunique"),
@@ -76,7 +65,7 @@ def final_losses_markdown(summaries: pd.DataFrame) -> str:
     table = final_losses(summaries)
     if table.empty:
         return "No language-model cell finished.\n"
-    corpus = lm_summaries(summaries)["corpus"].dropna().unique()
+    corpus = cells_of(summaries, MODULE)["corpus"].dropna().unique()
     lines = [
         f"# Language models: final validation loss (corpus: {', '.join(corpus)})",
         "",

@@ -49,8 +49,10 @@ def test_memory_probe_sees_optimizer_state_and_transients(overhead):
     }
     params = 4 * (784 * 128 + 128 + 128 * 10 + 10)
     assert sizes[overhead.FORWARD] >= params
-    # MeZO is inference level: one piece of z on top of forward passes
-    assert 0 <= sizes["mezo"] - sizes[overhead.FORWARD] < 64 * 4096
+    # MeZO is inference level: z is drawn piece by piece, so the two peaks differ by less than
+    # the counters' lag either way (a whole z, params bytes, would not fit in that)
+    assert params > 64 * 4096
+    assert abs(sizes["mezo"] - sizes[overhead.FORWARD]) < 64 * 4096
     # HiZOO's H, built with the optimizer, counts (one float32 per parameter)
     assert sizes["hizoo"] - sizes["mezo"] > params / 4
     # AdaHessian: gradient, two moments, the Hessian diagonal and the HVP's graph

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .provenance import check
+
 IDENTITY = ["scale", "task", "optimizer", "impl", "backend", "seed"]
 SUMMARY_FIELDS = IDENTITY + [
     "status",
@@ -55,8 +57,10 @@ def cells_of(summaries: pd.DataFrame, module: str) -> pd.DataFrame:
     return summaries[summaries["task_module"] == module]
 
 
-def read_summary(path: Path) -> dict:
-    summary = json.loads(Path(path).read_text())
+def read_summary(path: Path, summary: dict | None = None) -> dict:
+    """One summaries row: the cell's ``summary.json`` (read from ``path`` unless given)."""
+    if summary is None:
+        summary = json.loads(Path(path).read_text())
     row = {key: summary.get(key) for key in SUMMARY_FIELDS}
     if row.get("batch_size") is None:  # cells that stopped before building the task
         row["batch_size"] = ((summary.get("config") or {}).get("settings") or {}).get("batch_size")
@@ -77,6 +81,7 @@ def read_summary(path: Path) -> dict:
     row["phase_switches"] = summary.get("phase_switches")
     row["git_sha"] = (summary.get("provenance") or {}).get("git_sha")
     row["device_name"] = (summary.get("provenance") or {}).get("device_name")
+    row["code_sha"] = ((summary.get("provenance") or {}).get("code_sha") or "")[:12] or None
     row["cell_dir"] = str(Path(path).parent)
     return row
 
@@ -93,8 +98,15 @@ def aggregate_diagnostics(summaries: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def aggregate(summary_paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    summaries = pd.DataFrame([read_summary(p) for p in summary_paths])
+def aggregate(
+    summary_paths: list[Path], allow_mixed_provenance: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, summaries). Unless ``allow_mixed_provenance``, first checks that every cell ran
+    the same code and every entry's seeds the same config (``reports/provenance.py``)."""
+    loaded = [(Path(p), json.loads(Path(p).read_text())) for p in summary_paths]
+    if not allow_mixed_provenance:
+        check(loaded)
+    summaries = pd.DataFrame([read_summary(p, s) for p, s in loaded])
     frames = []
     for row in summaries.to_dict("records"):
         metrics = Path(row["cell_dir"]) / "metrics.parquet"

@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     agg.add_argument("--runs", type=Path, required=True)
     agg.add_argument("--summaries", type=Path, required=True)
     agg.add_argument("--diagnostics", type=Path, help="also write the curvature points here")
+    agg.add_argument(
+        "--allow-mixed-provenance",
+        action="store_true",
+        help="accept cells of different code versions, or seeds of one entry with different "
+        "configs (the summaries' code_sha column shows the mix)",
+    )
     board = sub.add_parser("leaderboard", help="summaries.parquet -> leaderboard.md")
     board.add_argument("--summaries", type=Path, required=True)
     board.add_argument("--out", type=Path, required=True)
@@ -54,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "aggregate":
         from .aggregate import aggregate, aggregate_diagnostics
+        from .provenance import ProvenanceError
 
-        runs, summaries = aggregate(args.summary_files)
+        try:
+            runs, summaries = aggregate(args.summary_files, args.allow_mixed_provenance)
+        except ProvenanceError as err:
+            print(f"hessbench-report aggregate: {err}", file=sys.stderr)
+            return 1
         runs.to_parquet(args.runs, index=False)
         summaries.to_parquet(args.summaries, index=False)
         if args.diagnostics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -15,6 +16,12 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "numpy", "pandas", "wandb", "snakemake", "hessbench")
+# The code that determines a cell's results, for ``code_sha``. Not the grid's YAML
+# (workflows/config/, workflows/profiles/): each summary keeps its cell's full config, so
+# adding an entry to the grid must not make every existing result stale.
+CODE_DIRS = ("optimizers", "tasks", "workflows")
+CODE_SUFFIXES = (".py", ".smk", ".yaml")
+NOT_CODE = ("workflows/config/", "workflows/profiles/")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,6 +68,29 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def code_sha(root: Path = REPO) -> str:
+    """SHA-256 over the code under ``root`` that determines results (CODE_DIRS' Python, rule
+    and YAML files, and the Snakefile): each relative path and its bytes, in sorted order. Read
+    from the tree itself, not git, so an unpacked or dirty tree has one too and a docs-only
+    commit leaves it alone. ~50 files: milliseconds, once per cell."""
+    root = Path(root)
+    files = [root / "Snakefile"] if (root / "Snakefile").is_file() else []
+    for folder in CODE_DIRS:
+        files += [
+            p
+            for p in (root / folder).rglob("*")
+            if p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts and p.is_file()
+        ]
+    digest = hashlib.sha256()
+    for rel in sorted(p.relative_to(root).as_posix() for p in files):
+        if rel.startswith(NOT_CODE):
+            continue
+        data = (root / rel).read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -82,6 +112,7 @@ def provenance(device: torch.device, seed: int) -> dict:
     return {
         "git_sha": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
+        "code_sha": code_sha(),
         "versions": versions,
         "python": platform.python_version(),
         "device": str(device),

@@ -1,6 +1,9 @@
 # Reports read result files only: the summary.json and metrics.parquet of this scale's cells.
 
 SUMMARIES = [f"results/{c.path}/summary.json" for c in CELLS]
+# aggregate stops on cells of different code versions, or seeds of one entry run under different
+# configs, unless `--config allow_mixed_provenance=True` (reports/provenance.py)
+MIXED = "--allow-mixed-provenance" if config.get("allow_mixed_provenance", False) else ""
 
 
 rule aggregate:
@@ -12,9 +15,12 @@ rule aggregate:
         diagnostics=f"results/{SCALE}/diagnostics.parquet",
     log:
         f"results/{SCALE}/logs/aggregate.log",
+    params:
+        mixed=MIXED,
     shell:
         "hessbench-report aggregate {input:q} --runs {output.runs:q} "
-        "--summaries {output.summaries:q} --diagnostics {output.diagnostics:q} > {log:q} 2>&1"
+        "--summaries {output.summaries:q} --diagnostics {output.diagnostics:q} {params.mixed} "
+        "> {log:q} 2>&1"
 
 
 rule leaderboard:

@@ -17,8 +17,15 @@ rule cell:
     wildcard_constraints:
         seed=r"\d+",
     threads: lambda wildcards: PLAN.cell_of(wildcards).threads
+    # From the config (workflows/config.py: _resources). A local run counts `gpu` and `mem_mb`
+    # only against a --resources limit (the gpu profile's gpu=1); the rest is for the SLURM
+    # executor, which leaves an unset partition, account or time limit to the cluster.
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc: PLAN.resources[wc.task]["mem_mb"],
+        runtime=lambda wc: PLAN.resources[wc.task]["runtime"],
+        gpu=lambda wc: PLAN.resources[wc.task]["gpu"],
+        slurm_partition=lambda wc: PLAN.resources[wc.task]["slurm_partition"],
+        slurm_account=lambda wc: PLAN.resources[wc.task]["slurm_account"],
     shell:
         "hessbench-cell --cell {params.cell:q} --out {params.out:q} --threads {threads} "
         "--results-root results > {log:q} 2>&1"

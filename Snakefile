@@ -3,7 +3,7 @@
 #   snakemake --cores all --config scale=smoke # seconds-long smoke run
 from snakemake.utils import min_version
 
-from hessbench.workflows.config import cell_inputs, resolve
+from hessbench.workflows.config import cell_inputs, check_data, resolve
 
 min_version("9.0")
 
@@ -17,6 +17,7 @@ configfile: f"{workflow.basedir}/workflows/config/default.yaml"
 # Validates the whole config (schema, optimizer and task names, hyperparameters) before the
 # DAG exists: a bad key stops here, before any job runs.
 PLAN = resolve(config)
+check_data(PLAN)  # the files its cells read: present, with their pinned hashes
 SCALE = PLAN.scale
 CELLS = PLAN.cells
 

@@ -76,6 +76,16 @@ def inputs(settings: Settings) -> list[str]:
     return [str(settings.folder / "manifest.json")]
 
 
+def check_data(settings: Settings) -> None:
+    """Prepared token bins must match their manifest; bins still to prepare, their sources."""
+    from .gpt2_data import check_sources, load_bins
+
+    if (settings.folder / "manifest.json").exists():
+        load_bins(settings.folder)
+    else:
+        check_sources(settings.corpus)
+
+
 def infeasible(impl: str, settings: Settings) -> str | None:
     # Dense Newton refuses itself on the Hessian's size, with the numbers.
     if impl == "chain":

@@ -83,6 +83,14 @@ def _source(distribution: str) -> tuple[Path, dict]:
     return pinned_file(distribution, SOURCE_FILES[distribution], SOURCE_SHA256[distribution])
 
 
+def check_sources(corpus: str) -> None:
+    """The files ``prepare(corpus)`` reads that must be on disk, with their pinned hashes
+    (OpenWebText comes from the hub)."""
+    if corpus == "offline":
+        for distribution in SOURCE_FILES:
+            _source(distribution)
+
+
 def _dialog(path: Path) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
     turns = ["\n".join(part.strip() for part in line.split("\t")) for line in lines]

@@ -87,14 +87,19 @@ def _check_hash(path: Path) -> None:
         )
 
 
+def mnist_files(folder: str | Path | None = None) -> dict[str, Path]:
+    """The four MNIST files of ``folder`` (None: the bundled copy), each present and, if it
+    is one of the published .gz files, with its published SHA-256."""
+    folder = bundled_dir() if folder is None else Path(folder)
+    files = {key: _find(folder, stem) for key, stem in FILES.items()}
+    for path in files.values():
+        _check_hash(path)
+    return files
+
+
 def load_mnist(folder: str | Path | None = None) -> dict[str, np.ndarray]:
     """The four MNIST arrays: images uint8 (n, 28, 28), labels uint8 (n,)."""
-    folder = bundled_dir() if folder is None else Path(folder)
-    arrays = {}
-    for key, stem in FILES.items():
-        path = _find(folder, stem)
-        _check_hash(path)
-        arrays[key] = read_idx(path)
+    arrays = {key: read_idx(path) for key, path in mnist_files(folder).items()}
     for split in ("train", "test"):
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab or arrays[f"{split}_images"].shape[1:] != (28, 28):

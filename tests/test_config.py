@@ -98,6 +98,11 @@ def test_cell_json_round_trip(config):
         (lambda c: c["scales"]["cpu"]["diagnostics"].update(every=3), "cpu.diagnostics"),
         (lambda c: c["optimizers"]["hizoo"].update(smoothing=1.0), "optimizers.hizoo.smoothing"),
         (lambda c: c["optimizers"]["mezo"].update(samples=0), "optimizers.mezo.samples"),
+        (
+            lambda c: c["scales"]["gpu"]["resources"]["tasks"].update(sst2_k61={"gpus": 0}),
+            "scales.gpu.resources.tasks: ['sst2_k61']",
+        ),
+        (lambda c: c["scales"]["cpu"].update(checkpoint_minutes=0), "checkpoint_minutes"),
     ],
 )
 def test_bad_config_names_the_key(config, edit, needle):

@@ -16,8 +16,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hessbench.optimizers.torch.flat import flatten
 from hessbench.optimizers.torch.objective import Objective
+from hessbench.optimizers.torch.registry import ConfigError
 from hessbench.tasks import gpt2, gpt2_data
-from hessbench.workflows.config import load
+from hessbench.workflows.config import check_data, load
 from hessbench.workflows.harness import run_cell
 
 CPU = torch.device("cpu")
@@ -193,6 +194,11 @@ def test_a_corrupt_bin_fails_the_cell_with_the_file_named(tmp_path, corpus):
     summary = run_cell(cell, tmp_path / "cell", tmp_path, track=False)
     assert summary["status"] == "error"
     assert "DataError" in summary["reason"] and "train.bin" in summary["reason"]
+    # and a sweep that reads it is refused before any job
+    plan = dataclasses.replace(load(scale="smoke"), cells=[cell])
+    with pytest.raises(ConfigError, match=r"data error in task gpt2 at scale smoke: .*train\.bin"):
+        check_data(plan)
+    check_data(dataclasses.replace(plan, cells=list(smoke_cells(corpus))))  # the intact bins
 
 
 def test_chains_are_refused_before_any_data_is_read():

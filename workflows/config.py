@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from hessbench.optimizers.torch.registry import ConfigError, build_config
+from hessbench.tasks.base import DataError
 from hessbench.tasks.registry import TASKS
 
 CONFIG_DIR = Path(__file__).parent / "config"
@@ -44,6 +45,7 @@ class Cell:
     device: str = "auto"
     wandb_project: str = "hessbench"
     diagnostics: dict[str, Any] | None = None  # curvature diagnostics settings; None: off
+    checkpoint_minutes: float = 10.0  # of the loop's time between two checkpoints
 
     @property
     def path(self) -> str:
@@ -61,6 +63,8 @@ class Cell:
 class Plan:
     scale: str
     cells: list[Cell] = field(default_factory=list)
+    # per task instance: what each of its cell jobs asks of the scheduler (rule `cell`)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cell(self, task: str, optimizer: str, backend: str, seed: int | str) -> Cell:
         for c in self.cells:
@@ -87,6 +91,8 @@ def validate(config: dict[str, Any]) -> None:
         hint = ""
         if isinstance(first.instance, str) and _is_float(first.instance):
             hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+        elif first.instance in ("true", "false"):
+            hint = " (Snakemake's --config reads True and False as booleans, not true and false)"
         raise ConfigError(f"config error at {_path(first)}: {first.message}{hint}")
 
 
@@ -120,6 +126,23 @@ def cell_inputs(cell: Cell) -> list[str]:
     if not hasattr(module, "inputs"):
         return []
     return module.inputs(task_settings(cell.task_module, cell.settings, f"cell {cell.path}"))
+
+
+def check_data(plan: Plan) -> None:
+    """The data files every cell of ``plan`` reads, before any job runs: a missing or changed
+    one stops the run with one message naming it (the task's ``check_data``)."""
+    checked = set()
+    for cell in plan.cells:
+        check = getattr(TASKS[cell.task_module], "check_data", None)
+        key = (cell.task_module, json.dumps(cell.settings, sort_keys=True))
+        if check is None or key in checked:
+            continue
+        checked.add(key)
+        try:
+            check(task_settings(cell.task_module, cell.settings, f"cell {cell.path}"))
+        except DataError as err:
+            where = f"data error in task {cell.task} at scale {plan.scale}"
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def parse_chain(text: str, where: str) -> list[tuple[str, int | None]]:
@@ -229,6 +252,32 @@ def _phases(name: str, chain: list, effective: dict[str, tuple], steps: int, whe
     return {"phases": phases}
 
 
+def _resources(config: dict[str, Any], scale: str, tasks) -> dict[str, dict[str, Any]]:
+    """The scale's `resources`, its `tasks` entry for a task instance first, and where SLURM
+    puts the job (`slurm`: the GPU partition for cells with a GPU). None: the cluster's."""
+    scale_res = dict(config["scales"][scale].get("resources", {}))
+    per_task = scale_res.pop("tasks", {})
+    if unknown := sorted(set(per_task) - set(tasks)):
+        raise ConfigError(
+            f"config error at scales.{scale}.resources.tasks: {unknown} are not task instances "
+            f"of scale {scale} ({sorted(tasks)})"
+        )
+    slurm = config.get("slurm", {})
+    out = {}
+    for task in tasks:
+        wants = {**scale_res, **per_task.get(task, {})}
+        gpus = wants.get("gpus", 0)
+        out[task] = {
+            "mem_mb": wants.get("mem_mb", 4000),
+            "runtime": wants.get("runtime_minutes"),
+            "gpu": gpus,
+            "slurm_partition": slurm.get("gpu_partition" if gpus else "partition")
+            or slurm.get("partition"),
+            "slurm_account": slurm.get("account"),
+        }
+    return out
+
+
 def _plan(
     config: dict[str, Any], scale: str, optimizers: dict[str, tuple], phases: dict[str, tuple]
 ) -> Plan:
@@ -260,7 +309,7 @@ def _plan(
     diagnostics = dict(scale_cfg.get("diagnostics") or {})
     diagnosed_seeds = diagnostics.pop("seeds", None)
     diagnosed_tasks = diagnostics.pop("tasks", None)
-    plan = Plan(scale=scale)
+    plan = Plan(scale=scale, resources=_resources(config, scale, tasks))
     for tname, (module, values, crossed, effective, seeds) in tasks.items():
         grid = itertools.product(crossed, config["backends"], seeds)
         for oname, backend, seed in grid:
@@ -291,6 +340,7 @@ def _plan(
                     seed=seed,
                     log_every=scale_cfg.get("log_every", 25),
                     threads=scale_cfg.get("threads", 1),
+                    checkpoint_minutes=scale_cfg.get("checkpoint_minutes", 10.0),
                     device=scale_cfg.get("device", "auto"),
                     wandb_project=config.get("wandb_project", "hessbench"),
                     diagnostics=diagnostics

@@ -8,6 +8,7 @@ the objective's counters, never from the optimizer.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import sys
@@ -24,6 +25,7 @@ from hessbench.optimizers.torch.objective import Counters, Infeasible, Objective
 from hessbench.optimizers.torch.registry import build_config
 from hessbench.tasks.registry import TASKS
 
+from . import checkpoint
 from .config import Cell, task_settings
 from .diagnostics import Diagnostics
 from .diagnostics import Settings as DiagnosticSettings
@@ -79,6 +81,7 @@ class Run:
         self.diagnostics: Diagnostics | None = None
         self._peak, self._peak_read_at = 0, -math.inf
         self._peak_floor = 0  # the run's peak before the last diagnostic point
+        self.resumed_at: list[int] = []  # the steps a killed run resumed from
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -111,22 +114,34 @@ class Run:
 
         clock = Clock(self.device)
         self.clock = clock
-        reset_peak_memory(self.device)
-        loop_start = time.perf_counter()
-        with clock.measure("eval"):
-            self._log(0, None, None, self._evaluate(with_test=True))
         if cell.diagnostics:
             settings = DiagnosticSettings(**cell.diagnostics)
             self.diagnostics = Diagnostics(
                 settings, problem, cell.seed, problem.steps, getattr(optimizer, "switches", ())
             )
-            self._diagnose(0)
+        done = 0
+        if state := checkpoint.load(self):
+            done = checkpoint.restore(self, state, schedule)
+            self.resumed_at = [*state.get("resumed_at", []), done]
+            if self.tracker:  # a new W&B run, holding the rows of the killed one too
+                for row in self.rows:
+                    self.tracker.add(row)
+        reset_peak_memory(self.device)
+        loop_start, loop_before = time.perf_counter(), self.loop_s
+        if not done:
+            with clock.measure("eval"):
+                self._log(0, None, None, self._evaluate(with_test=True))
+            if self.diagnostics:
+                self._diagnose(0)
+        last_save = time.perf_counter()
         # At most log_every steps between rows, and at least MIN_ROWS rows for short runs (an
         # L-BFGS cell of 150 slow steps still gets a curve).
         log_every = max(1, min(cell.log_every, problem.steps // MIN_ROWS))
-        bar = self.bar = tqdm(total=problem.steps, file=sys.stderr, mininterval=2.0, desc=cell.path)
+        bar = self.bar = tqdm(
+            total=problem.steps, initial=done, file=sys.stderr, mininterval=2.0, desc=cell.path
+        )
         try:
-            for step in range(1, problem.steps + 1):
+            for step in range(done + 1, problem.steps + 1):
                 start = clock.start()  # the measured training step: batch, objective, update
                 batch = next(problem.batches)
                 objective = Objective(
@@ -151,12 +166,18 @@ class Run:
                     self._log(step, loss, record, None)
                 if self.diagnostics and self.diagnostics.due(step):
                     self._diagnose(step)
+                due = time.perf_counter() - last_save >= 60 * cell.checkpoint_minutes
+                if due and step < problem.steps:
+                    self.loop_s = loop_before + time.perf_counter() - loop_start
+                    with clock.measure("checkpoint"):
+                        checkpoint.save(self, step, schedule)
+                    last_save = time.perf_counter()
             if problem.train_loss is not None:
                 with clock.measure("eval"):
                     self.train_loss_full = problem.train_loss(problem.model)
         finally:
             bar.close()
-            self.loop_s = time.perf_counter() - loop_start
+            self.loop_s = loop_before + time.perf_counter() - loop_start
 
     def _evaluate(self, with_test: bool) -> dict[str, float]:
         """The validation metrics; at the first and last rows also the test set's, if any."""
@@ -246,7 +267,7 @@ class Run:
         totals = self.clock.totals
         outside = (
             self.loop_s - totals["step"] - totals["eval"] - totals["tracking"]
-            - totals["diagnostics"]
+            - totals["diagnostics"] - totals["checkpoint"]
         )  # fmt: skip
         out.update(
             metric=problem.metric,
@@ -274,6 +295,9 @@ class Run:
             loop_s=self.loop_s,
             tracking_s=totals["tracking"],
             diagnostics_s=totals["diagnostics"],
+            checkpoint_s=totals["checkpoint"],
+            resumed_at=self.resumed_at,
+            timed_steps=len(self.clock.samples["step"]),
             harness_overhead=outside / self.loop_s if self.loop_s > 0 else None,
             mean_step_s=self.clock.mean("step"),
             median_step_s=self.clock.median("step"),
@@ -287,6 +311,13 @@ class Run:
         return out
 
 
+def _out_of_memory(err: Exception) -> bool:
+    # torch's CPU allocator raises a plain RuntimeError when malloc fails
+    return isinstance(err, torch.cuda.OutOfMemoryError | MemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
+
+
 def run_cell(
     cell: Cell, out_dir: Path, results_root: Path | None = None, track: bool = True
 ) -> dict:
@@ -294,6 +325,8 @@ def run_cell(
     into ``out_dir``. A failure is recorded in the summary, never raised."""
     out_dir = Path(out_dir)
     results_root = Path(results_root) if results_root else out_dir
+    for stale in out_dir.glob(".*.tmp"):  # what a killed writer left: never a result
+        stale.unlink()
     run = Run(cell, out_dir, results_root, track=track)
     try:
         run.train()
@@ -301,13 +334,17 @@ def run_cell(
         run.status, run.reason = "infeasible", str(err)
     except Diverged as err:
         run.status, run.reason = "diverged", str(err)
-    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
-        run.status, run.reason = "oom", f"{type(err).__name__}: {err}"
     except Exception as err:  # any other failure ends this cell only
         traceback.print_exc()
-        run.status, run.reason = "error", f"{type(err).__name__}: {err}"
+        run.status = "oom" if _out_of_memory(err) else "error"
+        run.reason = f"{type(err).__name__}: {err}"
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # room to write the results
     device = getattr(run, "device", torch.device("cpu"))
     summary = run.summary()
+    if run.status == "oom":  # free what filled the memory, so the results can be written
+        run.problem = run.optimizer = run.diagnostics = None
+        gc.collect()
     summary["provenance"] = provenance(device, cell.seed)
     if run.tracker:
         summary["wandb_run_dir"] = run.tracker.run_dir
@@ -317,6 +354,7 @@ def run_cell(
     rows = run.diagnostics.rows if run.diagnostics else []
     write_parquet(out_dir / "diagnostics.parquet", pd.DataFrame(rows, columns=DIAGNOSTIC_COLUMNS))
     write_json(out_dir / "summary.json", summary)
+    checkpoint.remove(out_dir)  # the summary is the result now
     print(
         f"{cell.path}: {summary['status']}"
         + (f" ({summary['reason']})" if summary["reason"] else ""),

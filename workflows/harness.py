@@ -342,6 +342,7 @@ def run_cell(
             torch.cuda.empty_cache()  # room to write the results
     device = getattr(run, "device", torch.device("cpu"))
     summary = run.summary()
+    diagnostic_rows = run.diagnostics.rows if run.diagnostics else []
     if run.status == "oom":  # free what filled the memory, so the results can be written
         run.problem = run.optimizer = run.diagnostics = None
         gc.collect()
@@ -351,8 +352,8 @@ def run_cell(
         run.tracker.finish({k: v for k, v in summary.items() if k != "config"})
     write_parquet(out_dir / "metrics.parquet", _metrics_frame(run.rows))
     # always written (empty when off), so it can be a declared output of every cell
-    rows = run.diagnostics.rows if run.diagnostics else []
-    write_parquet(out_dir / "diagnostics.parquet", pd.DataFrame(rows, columns=DIAGNOSTIC_COLUMNS))
+    diagnostics = pd.DataFrame(diagnostic_rows, columns=DIAGNOSTIC_COLUMNS)
+    write_parquet(out_dir / "diagnostics.parquet", diagnostics)
     write_json(out_dir / "summary.json", summary)
     checkpoint.remove(out_dir)  # the summary is the result now
     print(

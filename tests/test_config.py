@@ -33,7 +33,7 @@ def test_default_config_crosses_every_scale(config):
 def test_cpu_scale_has_seed_003_model_and_wide_model(config):
     cells = resolve(config).cells
     hidden = {c.task: tuple(c.settings["hidden"]) for c in cells if "hidden" in c.settings}
-    assert hidden == {"mnist_mlp": (128,), "mnist_mlp_h10": (10,)}
+    assert hidden == {"mnist_mlp": (128,), "mnist_mlp_h10": (10,), "mnist_mlp_hfreq": (128,)}
     assert {c.settings["batch_size"] for c in cells if c.optimizer == "sgd"} == {64}
 
 

@@ -26,21 +26,30 @@ include: "workflows/rules/data.smk"
 include: "workflows/rules/cells.smk"
 include: "workflows/rules/report.smk"
 include: "workflows/rules/overhead.smk"
+include: "workflows/rules/paper.smk"
+
+
+# Everything the scale reports: the tables, the leaderboards (markdown and HTML), every figure,
+# the paper figures and the one-file HTML report. `snakemake report` is the same set by name.
+REPORTS = [
+    f"results/{SCALE}/runs.parquet",
+    f"results/{SCALE}/leaderboard.md",
+    f"results/{SCALE}/leaderboard.html",
+    f"results/{SCALE}/report.html",
+    f"results/{SCALE}/feasibility.md",
+    f"results/{SCALE}/lm.md",
+    f"results/{SCALE}/fewshot.md",
+    *FIGURES,
+    *rules.paper_figures.output,
+]
 
 
 rule all:
     input:
-        f"results/{SCALE}/leaderboard.md",
-        f"results/{SCALE}/runs.parquet",
-        f"results/{SCALE}/figures/loss_vs_step.png",
-        f"results/{SCALE}/figures/loss_vs_wall.png",
-        f"results/{SCALE}/figures/loss_vs_forward.png",
-        f"results/{SCALE}/figures/lr_sensitivity.png",
-        f"results/{SCALE}/figures/curvature.png",
-        f"results/{SCALE}/figures/spectral_density.png",
-        f"results/{SCALE}/figures/chains.png",
-        f"results/{SCALE}/figures/lm_validation.png",
-        f"results/{SCALE}/lm.md",
-        f"results/{SCALE}/figures/fewshot_loss_vs_forward.png",
-        f"results/{SCALE}/fewshot.md",
+        REPORTS,
     default_target: True
+
+
+rule report:
+    input:
+        REPORTS,

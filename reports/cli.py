@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -17,6 +18,10 @@ TASK_REPORTS = {
     "fewshot": ("fewshot", "loss_curves", "accuracy_markdown",
                 "fine-tuning loss-vs-forward PNG and accuracy table"),
 }  # fmt: skip
+
+
+def _seeds(configured: dict[str, int]) -> dict[tuple[str, str], int]:
+    return {tuple(key.split("/", 1)): n for key, n in configured.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +38,37 @@ def main(argv: list[str] | None = None) -> int:
         help="accept cells of different code versions, or seeds of one entry with different "
         "configs (the summaries' code_sha column shows the mix)",
     )
-    board = sub.add_parser("leaderboard", help="summaries.parquet -> leaderboard.md")
+    board = sub.add_parser("leaderboard", help="summaries + runs -> leaderboard.md and .html")
     board.add_argument("--summaries", type=Path, required=True)
-    board.add_argument("--out", type=Path, required=True)
+    board.add_argument("--runs", type=Path, required=True)
+    board.add_argument("--out", type=Path, help="the markdown leaderboard")
+    board.add_argument("--html", type=Path, required=True)
+    board.add_argument(
+        "--figure",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("PNG", "CAPTION"),
+        type=Path,
+        help="inline this PNG after the tables, its caption read from CAPTION (.rst)",
+    )
+    view = sub.add_parser(
+        "overview", help="runs + summaries -> metric curves, memory bars, feasibility matrix"
+    )
+    outputs = ("--metric-by-step", "--metric-by-wall", "--metric-by-forward", "--memory",
+               "--feasibility", "--feasibility-table")  # fmt: skip
+    for option in ("--runs", "--summaries", *outputs):
+        view.add_argument(option, type=Path, required=True)
+    perf = sub.add_parser("performance", help="summaries + runs -> profile and Pareto PNGs")
+    for option in ("--summaries", "--runs", "--profile", "--pareto"):
+        perf.add_argument(option, type=Path, required=True)
+    for ranked in (board, perf):
+        ranked.add_argument(
+            "--seeds-configured",
+            type=json.loads,
+            default={},
+            help='JSON {"task/optimizer": seeds configured}: an entry with fewer is not ranked',
+        )
     figs = sub.add_parser("figures", help="runs.parquet -> loss vs step, wall, forwards PNGs")
     figs.add_argument("--runs", type=Path, required=True)
     figs.add_argument("--by-step", type=Path, required=True)
@@ -73,9 +106,23 @@ def main(argv: list[str] | None = None) -> int:
             aggregate_diagnostics(summaries).to_parquet(args.diagnostics, index=False)
         print(f"{len(summaries)} cells, {len(runs)} metric rows")
     elif args.command == "leaderboard":
-        from .leaderboard import leaderboard_markdown
+        from .leaderboard import leaderboard_html, leaderboard_markdown
 
-        args.out.write_text(leaderboard_markdown(pd.read_parquet(args.summaries)))
+        summaries, runs = pd.read_parquet(args.summaries), pd.read_parquet(args.runs)
+        seeds = _seeds(args.seeds_configured)
+        if args.out:
+            args.out.write_text(leaderboard_markdown(summaries, runs, seeds))
+        figures = [(png, " ".join(caption.read_text().split())) for png, caption in args.figure]
+        args.html.write_text(leaderboard_html(summaries, runs, seeds, figures))
+    elif args.command == "performance":
+        from .figures import save
+        from .performance import pareto_figure, performance_ratios, profile_figure
+        from .scoring import score
+
+        summaries, runs = pd.read_parquet(args.summaries), pd.read_parquet(args.runs)
+        scores = score(summaries, runs, _seeds(args.seeds_configured))
+        save(profile_figure(performance_ratios(scores)), args.profile)
+        save(pareto_figure(summaries), args.pareto)
     elif args.command == "curvature":
         from .curvature import curvature_curves, spectral_densities
         from .figures import save
@@ -101,13 +148,24 @@ def main(argv: list[str] | None = None) -> int:
         from .figures import lr_sensitivity, save
 
         save(lr_sensitivity(pd.read_parquet(args.summaries)), args.out)
+    elif args.command == "overview":
+        from .feasibility import feasibility_figure, feasibility_markdown
+        from .figures import X_AXES, memory_bars, metric_curves, save
+
+        runs, summaries = pd.read_parquet(args.runs), pd.read_parquet(args.summaries)
+        for (x, label), out in zip(X_AXES, (args.metric_by_step, args.metric_by_wall,
+                                            args.metric_by_forward), strict=True):  # fmt: skip
+            save(metric_curves(runs, summaries, x, label), out)
+        save(memory_bars(summaries), args.memory)
+        save(feasibility_figure(summaries), args.feasibility)
+        args.feasibility_table.write_text(feasibility_markdown(summaries))
     else:
-        from .figures import FORWARD_EQUIVALENTS, loss_curves, save
+        from .figures import X_AXES, loss_curves, save
 
         runs = pd.read_parquet(args.runs)
-        save(loss_curves(runs, "step", "step"), args.by_step)
-        save(loss_curves(runs, "wall_s", "wall-clock seconds (training step only)"), args.by_wall)
-        save(loss_curves(runs, "forward_equivalents", FORWARD_EQUIVALENTS), args.by_forward)
+        for (x, label), out in zip(X_AXES, (args.by_step, args.by_wall, args.by_forward),
+                                   strict=True):  # fmt: skip
+            save(loss_curves(runs, x, label), out)
     return 0
 
 

@@ -3,6 +3,7 @@ each leaves behind: its status, and nothing else changed."""
 
 import dataclasses
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -85,17 +86,19 @@ def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path):
         "for i in range(10**6):\n"
         f"    write_json(Path({str(target)!r}), {{'version': i, 'pad': big}})\n"
     )
-    for i in range(8):
+    delays = random.Random(0)
+    for _ in range(30):  # until a kill lands mid-write (most do: writing is most of the loop)
         write_json(target, {"version": -1})
         process = subprocess.Popen([sys.executable, "-c", writer])
         wait_for(lambda: json.loads(target.read_text())["version"] >= 0)  # writing in a loop
-        time.sleep(0.007 * i)
+        time.sleep(delays.uniform(0, 0.1))
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert json.loads(target.read_text())["version"] >= 0  # whole, never torn
-    # at least one kill landed mid-write (its temporary file is left, under a name no reader
-    # takes for a result)
-    assert list(tmp_path.glob(".summary.json.*.tmp"))
+        if list(tmp_path.glob(".summary.json.*.tmp")):
+            break  # its temporary file is left, under a name no reader takes for a result
+    else:
+        raise AssertionError("no kill landed mid-write in 30 tries")
 
 
 def test_running_out_of_memory_ends_oom_and_writes_the_results(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from hessbench.reports.aggregate import IDENTITY, SUMMARY_FIELDS, aggregate
 from hessbench.reports.cli import main
 from hessbench.reports.figures import forward_equivalents
-from hessbench.reports.leaderboard import leaderboard_markdown, rank_task
+from hessbench.reports.leaderboard import leaderboard_markdown, leaderboard_tables
 from hessbench.workflows.config import load
 from hessbench.workflows.harness import run_cell
 
@@ -58,31 +58,60 @@ def toy_cells() -> pd.DataFrame:
 TOY_ORDER = ["fast", "slow", "none_hi", "partial", "none_lo", "blowup", "broken"]
 
 
+def toy_runs(cells: pd.DataFrame) -> pd.DataFrame:
+    """Evaluation rows whose crossing lands exactly on an evaluation (metric == target), so the
+    interpolated time and steps are the summary's; a missed target ends at the final metric."""
+    rows = []
+    for c in cells[cells["status"] == "ok"].to_dict("records"):
+        reached = pd.notna(c["time_to_target_s"])
+        step, wall = (c["steps_to_target"], c["time_to_target_s"]) if reached else (1000, 9.0)
+        end = c["target"] if reached else c["final_metric"]
+        for s, w, metric in ((0, 0.0, 0.0), (step, wall, end)):
+            identity = {k: c[k] for k in IDENTITY}
+            rows.append({**identity, "step": s, "wall_s": w, "val_metric": metric,
+                         "forward": s, "backward": s, "batch_size": 64})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def rank_task(cells: pd.DataFrame, seeds: dict | None = None) -> pd.DataFrame:
+    """One task's leaderboard (display strings), scored on interpolated runs."""
+    (table,) = leaderboard_tables(cells, toy_runs(cells), seeds).values()
+    return table
+
+
 def by_optimizer(table: pd.DataFrame) -> dict[str, dict]:
     return {r["optimizer"]: r for r in table.to_dict("records")}
 
 
 def test_rank_order_reached_then_final_metric_then_failed():
-    table = rank_task(toy_cells())
+    table = rank_task(toy_cells(), {"toy": 2})
     # final-metric means among not-reached: none_hi .86 > partial .8233 > none_lo .81
     assert list(table["optimizer"]) == TOY_ORDER
-    assert list(table["rank"]) == list(range(1, 8))
+    assert list(table["rank"]) == ["1", "2"] + ["–"] * 5  # only those that always reached
+    # three seeds configured: slow's two keep its place, first of the unranked, but no rank
+    table = rank_task(toy_cells())
+    assert list(table["optimizer"]) == TOY_ORDER
+    assert list(table["rank"]) == ["1"] + ["–"] * 6
+    assert table["unranked because"].tolist()[:2] == ["", "2/3 seeds"]
 
 
-def test_time_cells_mean_and_sample_std():
+def test_time_cells_mean_and_bootstrap_interval():
     rows = by_optimizer(rank_task(toy_cells()))
-    # fast: mean 7/3 = 2.333; var = (16/9 + 1/9 + 25/9) / 2 = 7/3, std = 1.5275
-    assert rows["fast"]["time to target (s)"] == "2.33 ± 1.53"
-    # slow: mean 4, std = sqrt(((-1)^2 + 1^2) / 1) = 1.4142 (ddof=0 would give 1.00)
-    assert rows["slow"]["time to target (s)"] == "4.00 ± 1.41"
-    # steps 100, 200, 300: mean 200, std 100
-    assert rows["fast"]["steps to target"] == "200 ± 100"
+    # fast: mean 7/3 = 2.333. With 3 seeds a resample is all one value with chance 1/27 = 3.7%
+    # > 2.5% for each extreme, so the 95% percentile interval is [min, max].
+    assert rows["fast"]["time to target (s)"] == "2.33 [1.00, 4.00]"
+    # slow: mean 4 of 3 and 5 (two seeds: each extreme has chance 1/4)
+    assert rows["slow"]["time to target (s)"] == "4.00 [3.00, 5.00]"
+    # steps 100, 200, 300: mean 200
+    assert rows["fast"]["steps to target"] == "200 [100, 300]"
+    # forward equivalents (1 + 2) x 64 per step, in millions: 0.0192 [0.0064, 0.0576] x 1e-6
+    assert rows["fast"]["fwd-equiv. to target (M)"] == "0.0384 [0.0192, 0.0576]"
     assert rows["partial"]["time to target (s)"] == "not reached (2/3)"
-    assert rows["partial"]["steps to target"] == "–"
+    assert rows["partial"]["steps to target"] == "not reached (2/3)"
     assert rows["none_lo"]["time to target (s)"] == "not reached (0/2)"
     assert rows["blowup"]["time to target (s)"] == "not reached (1/2)"
-    # partial final metric: mean .8233, std of (.88, .89, .70) = 0.1069
-    assert rows["partial"]["final metric"] == "0.8233 ± 0.1069"
+    # partial final metric: mean .8233 of (.88, .89, .70), interval [min, max] (3 seeds)
+    assert rows["partial"]["final metric"] == "0.8233 [0.7, 0.89]"
     assert rows["fast"]["batch"] == "64"
 
 
@@ -91,12 +120,13 @@ def test_failed_cells_keep_status_and_reason():
     assert (
         rows["broken"]["status"] == "error (1/2): RuntimeError: boom; diverged (1/2): loss is nan"
     )
-    assert rows["broken"]["seeds"] == 2
+    assert rows["broken"]["seeds"] == "2/3"  # three seeds configured: the most any entry ran
+    assert rows["broken"]["unranked because"] == "2/3 seeds; error; diverged"
     assert rows["broken"]["final metric"] == "–"
     assert rows["broken"]["time to target (s)"] == "–"  # nothing ran to be "not reached"
     assert rows["blowup"]["status"] == "diverged (1/2): nan"
     assert rows["blowup"]["time to target (s)"] == "not reached (1/2)"
-    assert rows["fast"]["status"] == "ok"
+    assert rows["fast"]["status"] == "ok" and rows["fast"]["rank"] == "1"
 
 
 def test_one_status_of_many_seeds_is_shown_once():
@@ -124,7 +154,7 @@ def test_single_seed_has_no_plus_minus():
     rows = by_optimizer(rank_task(pd.DataFrame([cell("solo", 0, tt=1.234, final=0.91234)])))
     assert rows["solo"]["time to target (s)"] == "1.23"
     assert rows["solo"]["final metric"] == "0.9123"
-    assert "±" not in "".join(str(v) for v in rows["solo"].values())
+    assert "[" not in "".join(str(v) for v in rows["solo"].values())
 
 
 def test_leaderboard_markdown_sections():
@@ -132,17 +162,18 @@ def test_leaderboard_markdown_sections():
         cell("sgd", s, task="reg", final=f, metric="mse", higher_is_better=False, target=0.1)
         for s, f in enumerate([0.3, 0.5])
     ]
-    md = leaderboard_markdown(pd.concat([toy_cells(), pd.DataFrame(reg)], ignore_index=True))
+    summaries = pd.concat([toy_cells(), pd.DataFrame(reg)], ignore_index=True)
+    md = leaderboard_markdown(summaries, toy_runs(summaries), {"toy": 3})
     assert md.startswith("# hessbench leaderboard — scale `cpu`")
-    assert md.index("## reg") < md.index("## toy")
-    toy = md[md.index("## toy") :]
+    assert md.index("## reg") < md.index("## toy") < md.index("## All tasks")
+    toy = md[md.index("## toy") : md.index("## All tasks")]
     reg_part = md[md.index("## reg") : md.index("## toy")]
-    assert "Metric: mse (lower is better), target 0.1; 2 seed(s)." in reg_part
-    assert "Metric: accuracy (higher is better), target 0.9; 3 seed(s)." in toy
+    assert "Metric: mse (lower is better), target 0.1; 2 seed(s) configured." in reg_part
+    assert "Metric: accuracy (higher is better), target 0.9; 3 seed(s) configured." in toy
     lines = [line for line in toy.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 7  # header, rule, one row per optimizer entry
     assert [line.split("|")[2].strip() for line in lines[2:]] == TOY_ORDER
-    assert "2.33 ± 1.53" in lines[2] and "error (1/2): RuntimeError: boom" in lines[-1]
+    assert "2.33 [1.00, 4.00]" in lines[2] and "error (1/2): RuntimeError: boom" in lines[-1]
     assert "fast" not in reg_part
 
 
@@ -177,6 +208,7 @@ def test_aggregate_runs_and_summaries(tmp_path):
     assert list(sgd["step"]) == [0, 10, 20] and set(sgd["seed"]) == {0}
     assert list(runs.loc[runs["optimizer"] == "adamw", "seed"]) == [1, 1]
     assert set(runs["status"]) == {"ok"} and set(runs["scale"]) == {"cpu"}
+    assert set(runs["git_sha"]) == {"abc123"}  # every row carries its cell's provenance
     assert runs["wall_s"].tolist() == pytest.approx([0.0, 1.0, 2.0, 0.0, 0.5])
 
     assert len(summaries) == 3
@@ -203,6 +235,22 @@ def harness_cells(root):
     return paths
 
 
+def interpolated_time(path: Path) -> float | None:
+    """Wall clock at which the cell's validation metric crossed its target, interpolated by
+    hand between the two evaluations around the crossing."""
+    summary = json.loads(path.read_text())
+    if summary["status"] != "ok" or summary["steps_to_target"] is None:
+        return None
+    rows = pd.read_parquet(path.parent / "metrics.parquet")
+    rows = rows.dropna(subset=["val_metric"]).reset_index(drop=True)
+    sign = 1 if summary["higher_is_better"] else -1
+    hit = next(i for i, v in enumerate(rows["val_metric"]) if sign * v >= sign * summary["target"])
+    if hit == 0:
+        return float(rows["wall_s"][0])
+    (m0, m1), (w0, w1) = rows["val_metric"][hit - 1 : hit + 1], rows["wall_s"][hit - 1 : hit + 1]
+    return float(w0 + (summary["target"] - m0) / (m1 - m0) * (w1 - w0))
+
+
 def test_cli_end_to_end_on_real_cells(tmp_path):
     summaries_in = harness_cells(tmp_path)
     cells = [p.parent for p in summaries_in]
@@ -213,18 +261,29 @@ def test_cli_end_to_end_on_real_cells(tmp_path):
 
     assert main(["aggregate", *map(str, summaries_in), "--runs", str(runs_p),
                  "--summaries", str(sums_p)]) == 0  # fmt: skip
-    assert main(["leaderboard", "--summaries", str(sums_p), "--out", str(board)]) == 0
+    assert main(["leaderboard", "--summaries", str(sums_p), "--runs", str(runs_p), "--out",
+                 str(board), "--html", str(out / "leaderboard.html")]) == 0  # fmt: skip
     assert main(["figures", "--runs", str(runs_p), "--by-step", str(step_png),
                  "--by-wall", str(wall_png), "--by-forward", str(forward_png)]) == 0  # fmt: skip
+    names = ("metric-by-step", "metric-by-wall", "metric-by-forward", "memory", "feasibility")
+    overview = {name: out / "figures" / f"{name}.png" for name in names}
+    assert main(["overview", "--runs", str(runs_p), "--summaries", str(sums_p),
+                 *itertools.chain(*((f"--{k}", str(v)) for k, v in overview.items())),
+                 "--feasibility-table", str(out / "feasibility.md")]) == 0  # fmt: skip
+    assert main(["performance", "--runs", str(runs_p), "--summaries", str(sums_p),
+                 "--profile", str(out / "p.png"), "--pareto", str(out / "q.png")]) == 0  # fmt: skip
+    for png in [*overview.values(), out / "p.png", out / "q.png"]:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert "| sgd " in (out / "feasibility.md").read_text()
 
     n_rows = sum(pq.read_metadata(p.parent / "metrics.parquet").num_rows for p in summaries_in)
     assert len(pd.read_parquet(runs_p)) == n_rows
     assert len(pd.read_parquet(sums_p)) == len(cells)
 
-    entries: dict[str, dict[str, list[dict]]] = {}
+    entries: dict[str, dict[str, list[Path]]] = {}
     for path in summaries_in:
         summary = json.loads(path.read_text())
-        entries.setdefault(summary["task"], {}).setdefault(summary["optimizer"], []).append(summary)
+        entries.setdefault(summary["task"], {}).setdefault(summary["optimizer"], []).append(path)
     md = board.read_text()
     sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", md, flags=re.M | re.S))
     assert set(sections) == set(entries)
@@ -233,11 +292,13 @@ def test_cli_end_to_end_on_real_cells(tmp_path):
         assert len(rows) == len(optimizers)
         for optimizer, seeds in optimizers.items():
             (row,) = [r for r in rows if r.split("|")[2].strip() == optimizer]
-            times = [s["time_to_target_s"] for s in seeds]
-            if all(s["status"] == "ok" for s in seeds) and None not in times:
+            # the crossing interpolated between the evaluations around it, per seed
+            times = [interpolated_time(s) for s in seeds]
+            if None not in times:
                 cell_text = f"{statistics.mean(times):.2f}"
-                if len(times) > 1:
-                    cell_text += f" ± {statistics.stdev(times):.2f}"
+                if len(times) > 1:  # two seeds: the bootstrap interval is their range
+                    assert len(times) == 2
+                    cell_text += f" [{min(times):.2f}, {max(times):.2f}]"
                 assert f"| {cell_text} " in row
 
     for png in (step_png, wall_png, forward_png):
@@ -255,10 +316,8 @@ def test_reports_survive_a_scale_where_no_cell_logged(tmp_path):
     args = ["--runs", str(out / "runs.parquet"), "--summaries", str(out / "s.parquet")]
     out.mkdir()
     assert main(["aggregate", *map(str, paths), *args]) == 0
-    assert (
-        main(["leaderboard", "--summaries", str(out / "s.parquet"), "--out", str(out / "lb.md")])
-        == 0
-    )
+    board = ["--out", str(out / "lb.md"), "--html", str(out / "lb.html")]
+    assert main(["leaderboard", *args, *board]) == 0
     assert "infeasible (1/1): too big" in (out / "lb.md").read_text()
     figures = ["--by-step", str(out / "a" / "s.png"), "--by-wall", str(out / "b" / "w.png"),
                "--by-forward", str(out / "c" / "f.png")]  # fmt: skip

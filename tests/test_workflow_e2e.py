@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import browser
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import yaml
@@ -140,6 +142,24 @@ def test_leaderboard_and_tables(smoke):
                "lm_validation.png")  # fmt: skip
     for name in figures:
         assert (smoke / "results" / "smoke" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_leaderboard_renders_in_chromium_and_reads_back_every_entry(smoke, tmp_path):
+    page = smoke / "results" / "smoke" / "leaderboard.html"
+    tables = browser.tables(browser.dom(page, tmp_path / "profile"))
+    cells = pd.DataFrame(summaries(smoke).values())
+    for task, group in cells.groupby("task"):
+        rows = tables[f"leaderboard-{task}"]
+        column = rows[0].index("optimizer")
+        assert {row[column] for row in rows[1:]} == set(group["optimizer"])  # none dropped
+    diverge = tables["leaderboard-mnist_mlp"]
+    status = diverge[0].index("status")
+    assert [r[status] for r in diverge if "sgd_diverge" in r][0].startswith("diverged (2/2)")
+    assert len(tables["overall"]) > 1
+    # what a person sees: a page of text, not a blank one
+    pixels = plt.imread(browser.screenshot(page, tmp_path / "page.png", tmp_path / "profile"))
+    ink = (pixels[..., :3].mean(axis=-1) < 0.5).mean()
+    assert 0.005 < ink < 0.5, ink
 
 
 def test_gpt2_cells_read_the_prepared_offline_corpus_and_log_tokens(smoke):

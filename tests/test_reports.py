@@ -238,17 +238,16 @@ def harness_cells(root):
 def interpolated_time(path: Path) -> float | None:
     """Wall clock at which the cell's validation metric crossed its target, interpolated by
     hand between the two evaluations around the crossing."""
-    summary = json.loads(path.read_text())
-    if summary["status"] != "ok" or summary["steps_to_target"] is None:
+    s = json.loads(path.read_text())
+    if s["status"] != "ok" or s["steps_to_target"] is None:
         return None
-    rows = pd.read_parquet(path.parent / "metrics.parquet")
-    rows = rows.dropna(subset=["val_metric"]).reset_index(drop=True)
-    sign = 1 if summary["higher_is_better"] else -1
-    hit = next(i for i, v in enumerate(rows["val_metric"]) if sign * v >= sign * summary["target"])
-    if hit == 0:
-        return float(rows["wall_s"][0])
-    (m0, m1), (w0, w1) = rows["val_metric"][hit - 1 : hit + 1], rows["wall_s"][hit - 1 : hit + 1]
-    return float(w0 + (summary["target"] - m0) / (m1 - m0) * (w1 - w0))
+    rows = pd.read_parquet(path.parent / "metrics.parquet").dropna(subset=["val_metric"])
+    metric, wall, up = list(rows["val_metric"]), list(rows["wall_s"]), s["higher_is_better"]
+    i = next(i for i, v in enumerate(metric) if (v >= s["target"] if up else v <= s["target"]))
+    if i == 0:
+        return float(wall[0])
+    t = (s["target"] - metric[i - 1]) / (metric[i] - metric[i - 1])
+    return float(wall[i - 1] + t * (wall[i] - wall[i - 1]))
 
 
 def test_cli_end_to_end_on_real_cells(tmp_path):

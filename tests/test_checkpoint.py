@@ -29,7 +29,10 @@ def mnist_cell(optimizer):
     return dataclasses.replace(cell, settings={**cell.settings, **tiny}, log_every=1)
 
 
-def kill_after(monkeypatch, step):
+def run_until_killed(monkeypatch, cell, out, step):
+    """Run ``cell`` (checkpointing every step) into ``out`` until the checkpoint after
+    ``step`` is written, then stop it as a kill would; return the cell it ran."""
+    cell = dataclasses.replace(cell, checkpoint_minutes=EVERY_STEP)
     save = checkpoint.save
 
     def save_then_die(run, done, schedule):
@@ -37,18 +40,18 @@ def kill_after(monkeypatch, step):
         if done >= step:
             raise Killed
 
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "save", save_then_die)
+        with pytest.raises(Killed):
+            run_cell(cell, out, out.parent, track=False)
+    return cell
 
 
 def stop_and_resume(tmp_path, monkeypatch, cell, at):
     """(the never-stopped run's summary and metrics, the resumed run's)"""
     never = dataclasses.replace(cell, checkpoint_minutes=NEVER)
     whole = run_cell(never, tmp_path / "whole", tmp_path, track=False)
-    cell = dataclasses.replace(cell, checkpoint_minutes=EVERY_STEP)
-    with monkeypatch.context() as patch:
-        kill_after(patch, at)
-        with pytest.raises(Killed):
-            run_cell(cell, tmp_path / "killed", tmp_path, track=False)
+    cell = run_until_killed(monkeypatch, cell, tmp_path / "killed", at)
     assert not (tmp_path / "killed" / "summary.json").exists()
     assert (tmp_path / "killed" / checkpoint.FILE).exists()
     resumed = run_cell(cell, tmp_path / "killed", tmp_path, track=False)
@@ -109,22 +112,14 @@ def test_a_scheduled_language_model_resumes_with_its_learning_rate_and_windows(
 
 
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, monkeypatch):
-    cell = dataclasses.replace(mnist_cell("adamw"), checkpoint_minutes=EVERY_STEP)
-    with monkeypatch.context() as patch:
-        kill_after(patch, 3)
-        with pytest.raises(Killed):
-            run_cell(cell, tmp_path / "c", tmp_path, track=False)
+    cell = run_until_killed(monkeypatch, mnist_cell("adamw"), tmp_path / "c", 3)
     other = dataclasses.replace(cell, hyperparameters={**cell.hyperparameters, "lr": 0.5})
     summary = run_cell(other, tmp_path / "c", tmp_path, track=False)
     assert summary["resumed_at"] == [] and summary["timed_steps"] == 12
 
 
 def test_a_checkpoint_of_another_version_of_the_code_is_not_resumed(tmp_path, monkeypatch):
-    cell = dataclasses.replace(mnist_cell("adamw"), checkpoint_minutes=EVERY_STEP)
-    with monkeypatch.context() as patch:
-        kill_after(patch, 3)
-        with pytest.raises(Killed):
-            run_cell(cell, tmp_path / "c", tmp_path, track=False)
+    cell = run_until_killed(monkeypatch, mnist_cell("adamw"), tmp_path / "c", 3)
     monkeypatch.setattr(checkpoint, "code_sha", lambda: "an edited tree")
     summary = run_cell(cell, tmp_path / "c", tmp_path, track=False)
     assert summary["resumed_at"] == [] and summary["timed_steps"] == 12

@@ -97,7 +97,7 @@ def _cells(runs: pd.DataFrame) -> list[str]:
     return [k for k in ("task", "optimizer", "backend", "seed") if k in runs]
 
 
-def _smoothed(runs: pd.DataFrame) -> pd.DataFrame:
+def smoothed(runs: pd.DataFrame) -> pd.DataFrame:
     cells = runs.groupby(_cells(runs), sort=False)["train_loss"]
     return runs.assign(
         train_loss=cells.transform(lambda s: s.rolling(SMOOTH_ROWS, min_periods=1).mean())
@@ -139,7 +139,7 @@ def curves(
     if x == "forward_equivalents":
         runs = runs.assign(forward_equivalents=forward_equivalents(runs))
     if SMOOTHED & set(columns):
-        runs = _smoothed(runs)
+        runs = smoothed(runs)
     palette = optimizer_palette(runs["optimizer"])
     switches = phase_switches(runs, x)
     width = 5 * len(tasks) + LEGEND_WIDTH

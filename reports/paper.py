@@ -124,7 +124,7 @@ def seed003_newton_vs_hf(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Fig
     data = runs[runs["task"].isin(task) & runs["optimizer"].isin(SEED003)]
     if data.empty:
         return _missing(title, f"a mnist_mlp instance with hidden [10] running {list(SEED003)}")
-    data = figures._smoothed(data).assign(label=data["optimizer"].map(SEED003))
+    data = figures.smoothed(data).assign(label=data["optimizer"].map(SEED003))
     palette = {SEED003[o]: c for o, c in figures.optimizer_palette(SEED003).items()}
     width = 16 + figures.LEGEND_WIDTH
     fig, axes = plt.subplots(1, 3, figsize=(width, 4.2))
@@ -193,7 +193,7 @@ def seed001_hizoo_vs_mezo(runs: pd.DataFrame, summaries: pd.DataFrame) -> plt.Fi
     if not {"mezo", "hizoo"} <= set(cells.loc[cells["status"] == "ok", "impl"]):
         return _missing(title, "roberta_ft cells of mezo and hizoo")
     keys = ["task", "optimizer", "seed"]
-    data = figures._smoothed(runs.merge(cells[[*keys, "tuning"]], on=keys))
+    data = figures.smoothed(runs.merge(cells[[*keys, "tuning"]], on=keys))
     label = data["optimizer"] + " (" + data["tuning"] + ", " + data["task"] + ")"
     data = data.assign(label=label, cost=figures.forward_equivalents(data))
     data = data.dropna(subset=["train_loss"])

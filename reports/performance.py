@@ -34,11 +34,10 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
 
-from .figures import LEGEND_WIDTH, legend_right, placeholder  # noqa: E402
+from .figures import LEGEND_WIDTH, MIB, legend_right, placeholder  # noqa: E402
 
 TAU_MAX = 4.0
 TAUS = np.linspace(1.0, TAU_MAX, 301)
-MIB = 2**20
 
 
 def entry_labels(scores: pd.DataFrame) -> pd.Series:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .figures import forward_equivalents
+from .figures import MIB, forward_equivalents
 
 X_COLUMNS = {"time_s": "wall_s", "steps": "step", "forward_eq": "forward_equivalents"}
 KEY = ["task", "optimizer", "backend"]
@@ -168,7 +168,7 @@ def score(
         measures = {
             **{name: values if reached == len(ok) else [] for name, values in to_target.items()},
             "final_metric": list(ok["final_metric"]),
-            "peak_mem_mib": list(ok["peak_mem_bytes"] / 2**20),
+            "peak_mem_mib": list(ok["peak_mem_bytes"] / MIB),
             "step_ms": list(ok["median_step_s"] * 1e3),
         }
         for name, values in measures.items():

@@ -35,8 +35,8 @@ def run_until_killed(monkeypatch, cell, out, step):
     cell = dataclasses.replace(cell, checkpoint_minutes=EVERY_STEP)
     save = checkpoint.save
 
-    def save_then_die(run, done, schedule):
-        save(run, done, schedule)
+    def save_then_die(run, done):
+        save(run, done)
         if done >= step:
             raise Killed
 

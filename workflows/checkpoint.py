@@ -1,9 +1,10 @@
 """A cell's checkpoint: what a killed cell needs to resume and end with the metrics of an
 uninterrupted run.
 
-It holds the model, optimizer and learning-rate schedule states, every RNG the run draws from
-outside those objects (torch's global generators, numpy's and Python's), the oracle counters,
-the clock's per-region totals and samples, the rows logged so far and the diagnostics rows.
+It holds the trainer's state (on torch the model, optimizer, learning-rate schedule and oracle
+counters; on jax the parameters and the twin's state, its counts and RNG key included), every
+RNG the run draws from outside those (torch's global generators, numpy's and Python's), the
+clock's per-region totals and samples, the rows logged so far and the diagnostics rows.
 The data stream is not pickled: every task's batches come from their own seeded generator, so
 resuming draws and discards as many batches as the steps done. A checkpoint is written with the
 same atomic rename as the results, so a kill mid-write leaves the previous one; it belongs to
@@ -43,17 +44,14 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
 
 
-def save(run, step: int, schedule) -> None:
+def save(run, step: int) -> None:
     """Write ``run``'s state after ``step`` steps into its cell folder."""
     state = {
         "cell": run.cell.to_json(),
         "code_sha": code_sha(),
         "step": step,
-        "model": run.problem.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "schedule": schedule.state_dict() if schedule is not None else None,
+        "trainer": run.trainer.state_dict(),
         "rng": _rng_states(),
-        "counters": run.counters.as_dict(),
         "clock": {"totals": dict(run.clock.totals), "samples": dict(run.clock.samples)},
         "rows": run.rows,
         "diagnostics": run.diagnostics.rows if run.diagnostics else [],
@@ -87,15 +85,10 @@ def load(run) -> dict[str, Any] | None:
     return None
 
 
-def restore(run, state: dict[str, Any], schedule) -> int:
+def restore(run, state: dict[str, Any]) -> int:
     """Put ``state`` back into ``run`` (built afresh for the same cell) and return the number of
     steps done; the batches those steps used are drawn and dropped."""
-    run.problem.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if schedule is not None:
-        schedule.load_state_dict(state["schedule"])
-    for key, value in state["counters"].items():
-        setattr(run.counters, key, value)
+    run.trainer.load_state_dict(state["trainer"])
     run.clock.totals.update(state["clock"]["totals"])
     run.clock.samples.update(state["clock"]["samples"])
     run.rows = list(state["rows"])
@@ -103,8 +96,7 @@ def restore(run, state: dict[str, Any], schedule) -> int:
         run.diagnostics.rows = list(state["diagnostics"])
     run.loop_s = state["loop_s"]
     run._peak_floor = max(run._peak_floor, state["peak"])
-    for _ in range(state["step"]):
-        next(run.problem.batches)
+    run.trainer.skip_batches(state["step"])
     _set_rng_states(state["rng"])
     return state["step"]
 

@@ -21,16 +21,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from hessbench.optimizers.torch.objective import Counters, Infeasible, Objective
-from hessbench.optimizers.torch.registry import build_config
-from hessbench.tasks.registry import TASKS
+from hessbench.optimizers.torch.objective import Infeasible
 
 from . import checkpoint
 from .config import Cell, task_settings
 from .diagnostics import Diagnostics
 from .diagnostics import Settings as DiagnosticSettings
-from .measure import Clock, optimizer_state_bytes, peak_memory_bytes, reset_peak_memory
+from .measure import Clock
 from .results import provenance, write_json, write_parquet
+from .torch_trainer import TorchTrainer
 from .tracking import Tracker
 
 MIN_ROWS = 200
@@ -48,16 +47,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _record(result: Any) -> dict[str, Any]:
-    """A step record: our optimizers return a dict; stock torch ones return the loss."""
-    if isinstance(result, dict):
-        return result
-    return {"loss": result}
-
-
 def _scalar(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else None
+    if getattr(value, "shape", None) == ():  # a jax or numpy scalar
+        return float(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
@@ -70,11 +64,10 @@ class Run:
         self.cell, self.out_dir, self.results_root = cell, out_dir, results_root
         self.rows: list[dict[str, Any]] = []
         self.status, self.reason = "ok", None
-        self.counters = Counters()
         self.track = track
         self.tracker: Tracker | None = None
+        self.trainer = None
         self.problem = None
-        self.optimizer = None
         self.loop_s = 0.0
         self.bar = None
         self.train_loss_full: float | None = None
@@ -86,22 +79,15 @@ class Run:
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
         cell = self.cell
-        torch.set_num_threads(cell.threads)
-        self.device = pick_device(cell.device)
+        self.device = pick_device(cell.device) if cell.backend == "torch" else torch.device("cpu")
         settings = task_settings(cell.task_module, cell.settings, f"cell {cell.path}")
-        opt_config = build_config(cell.impl, cell.hyperparameters, f"cell {cell.path}")
-        task = TASKS[cell.task_module]
-        why = task.infeasible(cell.impl, settings)
-        if why:
-            raise Infeasible(why)
-
-        problem = self.problem = task.build(settings, cell.seed, self.device)
-        params = [p for p in problem.model.parameters() if p.requires_grad]
-        self.n_params = sum(p.numel() for p in params)
-        optimizer = self.optimizer = opt_config.build(params)
-        schedule = None
-        if problem.lr_factor is not None:
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, problem.lr_factor)
+        if cell.backend == "jax":
+            from .jax_trainer import JaxTrainer as Trainer  # imports jax: only its cells pay
+        else:
+            Trainer = TorchTrainer
+        trainer = self.trainer = Trainer(cell, settings, self.device)
+        problem = self.problem = trainer.problem
+        self.n_params = trainer.n_params
         if self.track:
             self.tracker = Tracker(
                 project=cell.wandb_project,
@@ -117,16 +103,17 @@ class Run:
         if cell.diagnostics:
             settings = DiagnosticSettings(**cell.diagnostics)
             self.diagnostics = Diagnostics(
-                settings, problem, cell.seed, problem.steps, getattr(optimizer, "switches", ())
-            )
+                settings, problem, cell.seed, problem.steps,
+                getattr(trainer.optimizer, "switches", ()),
+            )  # fmt: skip
         done = 0
         if state := checkpoint.load(self):
-            done = checkpoint.restore(self, state, schedule)
+            done = checkpoint.restore(self, state)
             self.resumed_at = [*state.get("resumed_at", []), done]
             if self.tracker:  # a new W&B run, holding the rows of the killed one too
                 for row in self.rows:
                     self.tracker.add(row)
-        reset_peak_memory(self.device)
+        self._reset_peak()
         loop_start, loop_before = time.perf_counter(), self.loop_s
         if not done:
             with clock.measure("eval"):
@@ -143,13 +130,7 @@ class Run:
         try:
             for step in range(done + 1, problem.steps + 1):
                 start = clock.start()  # the measured training step: batch, objective, update
-                batch = next(problem.batches)
-                objective = Objective(
-                    problem.model, problem.loss_fn, batch, params, self.counters, problem.likelihood
-                )
-                record = _record(optimizer.step(objective))
-                if schedule is not None:
-                    schedule.step()
+                record = trainer.step()
                 clock.stop("step", start)
                 loss = _scalar(record.get("loss"))
                 if loss is None or not math.isfinite(loss):
@@ -170,28 +151,25 @@ class Run:
                 if due and step < problem.steps:
                     self.loop_s = loop_before + time.perf_counter() - loop_start
                     with clock.measure("checkpoint"):
-                        checkpoint.save(self, step, schedule)
+                        checkpoint.save(self, step)
                     last_save = time.perf_counter()
             if problem.train_loss is not None:
                 with clock.measure("eval"):
-                    self.train_loss_full = problem.train_loss(problem.model)
+                    self.train_loss_full = trainer.train_loss()
         finally:
             bar.close()
             self.loop_s = loop_before + time.perf_counter() - loop_start
 
     def _evaluate(self, with_test: bool) -> dict[str, float]:
         """The validation metrics; at the first and last rows also the test set's, if any."""
-        metrics = self.problem.evaluate(self.problem.model)
-        if with_test and self.problem.test is not None:
-            metrics.update(self.problem.test(self.problem.model))
-        return metrics
+        return self.trainer.evaluate(with_test)
 
     def _diagnose(self, step: int) -> None:
-        floor = peak_memory_bytes(self.device)
+        floor = self._read_peak()
         with self.clock.measure("diagnostics"):
-            self.diagnostics.measure(self.problem.model, self.optimizer, step)
+            self.diagnostics.measure(self.problem.model, self.trainer.optimizer, step)
         # the float64 copy and Lanczos vectors are not the run's memory: restart the peak
-        reset_peak_memory(self.device)
+        self._reset_peak()
         self._peak_floor = max(self._peak_floor, floor)
 
     def _log(
@@ -199,7 +177,6 @@ class Run:
     ) -> None:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)  # on logged rows only: off the per-step path
-        group = self.optimizer.param_groups[0] if self.optimizer else {}
         row = {
             "step": step,
             "wall_s": self.clock.totals["step"],
@@ -207,12 +184,12 @@ class Run:
             "val_loss": metrics["val_loss"] if metrics else None,
             "val_metric": metrics["val_metric"] if metrics else None,
             **{k: v for k, v in (metrics or {}).items() if k.startswith("test_")},
-            **self.counters.as_dict(),
+            **self.trainer.counts(),
             "peak_mem_bytes": self._peak_memory(fresh=metrics is not None),
-            "lr": group.get("lr"),
+            "lr": self.trainer.lr,
         }
-        if self.problem is not None and self.problem.tokens_per_step:
-            row["tokens"] = step * self.problem.tokens_per_step
+        if tokens := getattr(self.problem, "tokens_per_step", None):
+            row["tokens"] = step * tokens
         for key, value in (record or {}).items():
             if key != "loss" and (number := _scalar(value)) is not None:
                 row[key] = number
@@ -226,9 +203,15 @@ class Run:
         row may under-report by what that second added, never over-report."""
         now = time.perf_counter()
         if fresh or self.device.type == "cuda" or now - self._peak_read_at > 1.0:
-            self._peak = max(self._peak_floor, peak_memory_bytes(self.device))
+            self._peak = max(self._peak_floor, self._read_peak())
             self._peak_read_at = now
         return self._peak
+
+    def _read_peak(self) -> int:
+        return self.trainer.peak_memory()
+
+    def _reset_peak(self) -> None:
+        self.trainer.reset_peak_memory()
 
     # -- results -----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -302,19 +285,22 @@ class Run:
             mean_step_s=self.clock.mean("step"),
             median_step_s=self.clock.median("step"),
             peak_mem_bytes=int(frame["peak_mem_bytes"].max()),
-            optimizer_state_bytes=optimizer_state_bytes(self.optimizer),
-            tokens_per_s=problem.tokens_per_step * int(frame["step"].max()) / totals["step"]
-            if problem.tokens_per_step and totals["step"] > 0
+            optimizer_state_bytes=self.trainer.state_bytes(),
+            compile_s=self.trainer.compile_s,
+            tokens_per_s=tokens * int(frame["step"].max()) / totals["step"]
+            if (tokens := getattr(problem, "tokens_per_step", None)) and totals["step"] > 0
             else None,
-            **{f"total_{k}": v for k, v in self.counters.as_dict().items()},
+            **{f"total_{k}": v for k, v in self.trainer.counts().items()},
         )
         return out
 
 
 def _out_of_memory(err: Exception) -> bool:
-    # torch's CPU allocator raises a plain RuntimeError when malloc fails
+    # torch's CPU allocator raises a plain RuntimeError when malloc fails; XLA's allocators a
+    # JaxRuntimeError (a RuntimeError) with the status RESOURCE_EXHAUSTED
     return isinstance(err, torch.cuda.OutOfMemoryError | MemoryError) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+        isinstance(err, RuntimeError)
+        and ("can't allocate memory" in str(err) or "RESOURCE_EXHAUSTED" in str(err))
     )
 
 
@@ -342,11 +328,13 @@ def run_cell(
             torch.cuda.empty_cache()  # room to write the results
     device = getattr(run, "device", torch.device("cpu"))
     summary = run.summary()
+    summary["provenance"] = provenance(device, cell.seed)
+    if run.trainer:  # the device a jax cell ran on is jax's
+        summary["provenance"].update(run.trainer.provenance())
     diagnostic_rows = run.diagnostics.rows if run.diagnostics else []
     if run.status == "oom":  # free what filled the memory, so the results can be written
-        run.problem = run.optimizer = run.diagnostics = None
+        run.trainer = run.problem = run.diagnostics = None
         gc.collect()
-    summary["provenance"] = provenance(device, cell.seed)
     if run.tracker:
         summary["wandb_run_dir"] = run.tracker.run_dir
         run.tracker.finish({k: v for k, v in summary.items() if k != "config"})

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("torch", "numpy", "pandas", "wandb", "snakemake", "hessbench")
+PACKAGES = ("torch", "jax", "jaxlib", "optax", "numpy", "pandas", "wandb", "snakemake", "hessbench")
 # The code that determines a cell's results, for ``code_sha``. Not the grid's YAML
 # (workflows/config/, workflows/profiles/): each summary keeps its cell's full config, so
 # adding an entry to the grid must not make every existing result stale.

@@ -1,6 +1,8 @@
 # hessbench: cross every optimizer with every task at one scale, then report.
 #   snakemake --cores all                      # the default `cpu` scale
 #   snakemake --cores all --config scale=smoke # seconds-long smoke run
+import sys
+
 from snakemake.utils import min_version
 
 from hessbench.workflows.config import cell_inputs, check_data, resolve
@@ -17,6 +19,8 @@ configfile: f"{workflow.basedir}/workflows/config/default.yaml"
 # Validates the whole config (schema, optimizer and task names, hyperparameters) before the
 # DAG exists: a bad key stops here, before any job runs.
 PLAN = resolve(config)
+if PLAN.torch_only_message():
+    print(PLAN.torch_only_message(), file=sys.stderr)
 check_data(PLAN)  # the files its cells read: present, with their pinned hashes
 SCALE = PLAN.scale
 CELLS = PLAN.cells

@@ -39,6 +39,7 @@ SUMMARY_FIELDS = IDENTITY + [
     "harness_overhead",
     "mean_step_s",
     "median_step_s",
+    "compile_s",
     "peak_mem_bytes",
     "optimizer_state_bytes",
     "total_forward",

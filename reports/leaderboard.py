@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import html
+from . import backends, html
 from .performance import excluded_text, overall_table, overall_text, score_text
 from .scoring import rank, score
 
@@ -179,6 +179,9 @@ def _sections(summaries, runs, seeds_configured):
         out.append((task, _task_text(task, entries, cells), table, classes, f"leaderboard-{task}"))
     if ranked:
         out.append(("All tasks", *_overall(scores), None, "overall"))
+    versus = backends.comparison(summaries)
+    if len(versus):
+        out.append(("torch vs jax", [backends.TEXT], backends.display(versus), None, "backends"))
     return out
 
 

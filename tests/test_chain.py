@@ -107,9 +107,15 @@ def _pinn(cells, task, optimizer):
 def test_task_level_entries_restrict_the_crossing_override_and_resolve_chains(config):
     cells = resolve(config).cells
     pinn = {c.optimizer for c in cells if c.task == "pinn_wave"}
-    assert pinn == {"adam", "lbfgs", "adam_lbfgs", "adam_lbfgs_nncg"}  # nncg: a phase only
+    # nncg: a phase only; nncg_alone: NNCG from the start, an entry of the PINNs alone
+    assert pinn == {"adam", "lbfgs", "adam_lbfgs", "adam_lbfgs_nncg", "nncg_alone"}
     assert "adam" not in {c.optimizer for c in cells if c.task == "mnist_mlp"}
     assert {c.seed for c in cells if c.task == "pinn_wave"} == {0, 1}
+    alone = _pinn(cells, "pinn_wave", "nncg_alone")
+    assert {(c.backend, c.seed, c.settings["steps"]) for c in alone} == {
+        ("torch", 0, 100),
+        ("jax", 0, 100),
+    }
     reaction = _pinn(cells, "pinn_reaction", "adam_lbfgs_nncg")[0]
     phases = reaction.hyperparameters["phases"]
     assert [p["name"] for p in phases] == ["adam", "lbfgs", "nncg"]

@@ -14,20 +14,58 @@ def config():
     return yaml.safe_load(DEFAULT_CONFIG.read_text())
 
 
+JAX_TWINS = {"newton", "damped_newton", "newton_cg", "hf_gn", "nncg"}  # optimizers/jax
+JAX_TASKS = {"mnist_mlp", "pinn"}  # tasks/jax
+
+
 def test_default_config_crosses_every_scale(config):
     for scale, body in config["scales"].items():
         plan = resolve({**config, "scale": scale})
         own = body.get("optimizer_settings") or {}
-        expected = sum(
-            1
-            for task in body["tasks"].values()
-            for name in set(task.get("optimizers") or config["optimizers"])
-            - set(config.get("phases", {}))
-            for seed in task.get("seeds", body["seeds"])
-            if seed in own.get(name, {}).get("seeds", [seed])
-        )
-        assert len(plan.cells) == expected * len(config["backends"])
+        expected = {"torch": 0, "jax": 0}
+        for tname, task in body["tasks"].items():
+            entries = {**config["optimizers"], **(task.get("optimizers") or {})}
+            for name in set(task.get("optimizers") or config["optimizers"]) - set(
+                config.get("phases", {})
+            ):
+                entry = entries[name] or {}
+                impl = "chain" if "chain" in entry else entry.get("impl")
+                impl = impl or config["optimizers"][name]["impl"]
+                for backend in task.get("backends", config["backends"]):
+                    if backend == "jax" and not (
+                        impl in JAX_TWINS and task.get("task", tname) in JAX_TASKS
+                    ):
+                        continue
+                    for seed in task.get("seeds", body["seeds"]):
+                        expected[backend] += seed in own.get(name, {}).get("seeds", [seed])
+        found = {b: sum(c.backend == b for c in plan.cells) for b in expected}
+        assert found == expected, scale
         assert len({c.path for c in plan.cells}) == len(plan.cells)
+
+
+def test_jax_runs_the_twins_on_its_tasks_and_says_what_runs_on_torch_only(config):
+    cells = resolve({**config, "backends": ["torch", "jax"], "scale": "smoke"}).cells
+    jax = {(c.task_module, c.impl) for c in cells if c.backend == "jax"}
+    assert jax and all(m in JAX_TASKS and impl in JAX_TWINS for m, impl in jax)
+    torch_twins = {(c.task_module, c.impl) for c in cells if c.backend == "torch"}
+    assert jax == {(m, i) for m, i in torch_twins if m in JAX_TASKS and i in JAX_TWINS}
+    plan = resolve({**config, "backends": ["torch", "jax"], "scale": "smoke"})
+    message = plan.torch_only_message()
+    assert "gpt2" in message and "rt_tiny" in message  # tasks without a jax version
+    assert "'adamw'" in message and "'adam_lbfgs_nncg'" in message  # no twin; a chain
+    assert resolve({**config, "backends": ["torch"]}).torch_only_message() is None
+
+
+def test_a_task_can_name_its_own_backends_and_diagnostics_stay_on_torch(config):
+    cpu = config["scales"]["cpu"]
+    cpu["tasks"]["mnist_mlp_h10"]["backends"] = ["jax"]
+    cpu["tasks"]["mnist_mlp"]["backends"] = ["torch", "jax"]
+    cells = resolve({**config, "backends": ["torch"]}).cells
+    h10 = {(c.impl, c.backend) for c in cells if c.task == "mnist_mlp_h10"}
+    assert {b for _, b in h10} == {"jax"} and {i for i, _ in h10} == JAX_TWINS - {"nncg"}
+    assert any(c.backend == "jax" for c in cells if c.task == "mnist_mlp")
+    assert all(c.diagnostics is None for c in cells if c.backend == "jax")
+    assert any(c.diagnostics for c in cells if c.task == "mnist_mlp" and c.backend == "torch")
 
 
 def test_cpu_scale_has_seed_003_model_and_wide_model(config):
@@ -82,6 +120,7 @@ def test_cell_json_round_trip(config):
         (lambda c: c["optimizers"]["sgd"].update(momentom=0.9), "optimizers.sgd.momentom"),
         (lambda c: c.update(scale="huge"), "scale"),
         (lambda c: c.update(backends=["tensorflow"]), "backends.0"),
+        (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(backends=[]), "backends"),
         (lambda c: c["scales"]["cpu"]["tasks"]["mnist_mlp"].update(widht=3), "mnist_mlp.widht"),
         (lambda c: c["scales"]["cpu"]["tasks"].update(cifar={}), "tasks.cifar.task"),
         (lambda c: c["scales"]["smoke"].update(seeds=[-1]), "scales.smoke.seeds.0"),

@@ -18,8 +18,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hessbench.optimizers.jax.registry import TWINS
 from hessbench.optimizers.torch.registry import ConfigError, build_config
 from hessbench.tasks.base import DataError
+from hessbench.tasks.jax.registry import JAX_TASK_NAMES
 from hessbench.tasks.registry import TASKS
 
 CONFIG_DIR = Path(__file__).parent / "config"
@@ -65,6 +67,18 @@ class Plan:
     cells: list[Cell] = field(default_factory=list)
     # per task instance: what each of its cell jobs asks of the scheduler (rule `cell`)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per backend other than torch, the task instances and optimizer entries it has no
+    # version of: their cells run on torch alone (the Snakefile says so)
+    torch_only: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+
+    def torch_only_message(self) -> str | None:
+        lines = []
+        for backend, missing in sorted(self.torch_only.items()):
+            lines.append(
+                f"{backend} has no version of tasks {sorted(missing['tasks']) or '-'} and "
+                f"optimizers {sorted(missing['optimizers']) or '-'}: their cells run on torch only"
+            )
+        return "\n".join(lines) or None
 
     def cell(self, task: str, optimizer: str, backend: str, seed: int | str) -> Cell:
         for c in self.cells:
@@ -286,13 +300,16 @@ def _plan(
     for tname, entry in scale_cfg["tasks"].items():
         where = f"config error at scales.{scale}.tasks.{tname}"
         module = entry.get("task", tname)
-        values = {k: v for k, v in entry.items() if k not in ("task", "optimizers", "seeds")}
+        values = {
+            k: v for k, v in entry.items() if k not in ("task", "optimizers", "seeds", "backends")
+        }
         task_settings(module, values, where)
         crossed, effective = task_optimizers(
             entry.get("optimizers"), optimizers, phases, f"{where}.optimizers"
         )
         seeds = entry.get("seeds", scale_cfg["seeds"])
-        tasks[tname] = (module, values, crossed, effective, seeds)
+        backends = entry.get("backends", config["backends"])
+        tasks[tname] = (module, values, crossed, effective, seeds, backends)
     per_optimizer = scale_cfg.get("optimizer_settings", {})
     fields = {
         t[0]: {f.name for f in dataclasses.fields(TASKS[t[0]].Settings)} for t in tasks.values()
@@ -310,10 +327,18 @@ def _plan(
     diagnosed_seeds = diagnostics.pop("seeds", None)
     diagnosed_tasks = diagnostics.pop("tasks", None)
     plan = Plan(scale=scale, resources=_resources(config, scale, tasks))
-    for tname, (module, values, crossed, effective, seeds) in tasks.items():
-        grid = itertools.product(crossed, config["backends"], seeds)
+    for tname, (module, values, crossed, effective, seeds, backends) in tasks.items():
+        grid = itertools.product(crossed, backends, seeds)
         for oname, backend, seed in grid:
             impl, hyper = effective[oname]
+            # jax runs the twins (optimizers/jax; never a chain) on the tasks of tasks/jax
+            if backend == "jax" and (module not in JAX_TASK_NAMES or impl not in TWINS):
+                missing = plan.torch_only.setdefault(backend, {"tasks": set(), "optimizers": set()})
+                if module not in JAX_TASK_NAMES:
+                    missing["tasks"].add(tname)
+                else:
+                    missing["optimizers"].add(oname)
+                continue
             # An optimizer's settings at this scale (e.g. L-BFGS's larger batch) override the
             # task's, on the tasks they fit: those with every one of the settings (L-BFGS's
             # batch size and steps for MNIST do not touch the full-batch PINNs).
@@ -345,6 +370,7 @@ def _plan(
                     wandb_project=config.get("wandb_project", "hessbench"),
                     diagnostics=diagnostics
                     if diagnostics
+                    and backend == "torch"  # the diagnostics are torch's (one implementation)
                     and (diagnosed_seeds is None or seed in diagnosed_seeds)
                     and (diagnosed_tasks is None or tname in diagnosed_tasks)
                     else None,

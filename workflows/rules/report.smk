@@ -7,9 +7,11 @@ SUMMARIES = [f"results/{c.path}/summary.json" for c in CELLS]
 # aggregate stops on cells of different code versions, or seeds of one entry run under different
 # configs, unless `--config allow_mixed_provenance=True` (reports/provenance.py)
 MIXED = "--allow-mixed-provenance" if config.get("allow_mixed_provenance", False) else ""
-# the seeds each entry is configured to run: one with fewer results is marked, not ranked
+# the seeds each entry is configured to run (on each of its backends: they run the same
+# seeds): one with fewer results is marked, not ranked
 SEEDS_CONFIGURED = json.dumps(
-    dict(collections.Counter(f"{c.task}/{c.optimizer}" for c in CELLS)), sort_keys=True
+    collections.Counter(key for key, _ in {(f"{c.task}/{c.optimizer}", c.seed) for c in CELLS}),
+    sort_keys=True,
 )
 
 

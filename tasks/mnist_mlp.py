@@ -59,7 +59,8 @@ def infeasible(impl: str, settings: Settings) -> str | None:
     return None  # every landed optimizer fits this task at every scale
 
 
-def _tensors(images, labels, size, device, dtype):
+def split_tensors(images, labels, size, device, dtype):
+    """The first ``size`` images (normalised, ``dtype``) and labels of a split, as tensors."""
     x = torch.from_numpy(images[:size].astype("float32") / 255.0)
     x = ((x - MEAN) / STD).to(device=device, dtype=dtype)
     return x, torch.from_numpy(labels[:size].astype("int64")).to(device)
@@ -68,10 +69,10 @@ def _tensors(images, labels, size, device, dtype):
 def build(settings: Settings, seed: int, device: torch.device) -> Problem:
     dtype = dtype_of(settings.dtype)
     data = load_mnist(settings.data_dir)
-    x_train, y_train = _tensors(
+    x_train, y_train = split_tensors(
         data["train_images"], data["train_labels"], settings.train_size, device, dtype
     )
-    x_test, y_test = _tensors(
+    x_test, y_test = split_tensors(
         data["test_images"], data["test_labels"], settings.test_size, device, dtype
     )
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hessbench.tasks.jax import base
+
 jax.config.update("jax_enable_x64", True)
 F64 = torch.float64
 
@@ -49,11 +51,7 @@ def _jax(t: torch.Tensor) -> jax.Array:
 
 
 def mlp_apply(params, x):
-    for i, (w, b) in enumerate(params):
-        x = x @ w.T + b
-        if i < len(params) - 1:
-            x = jnp.tanh(x)
-    return x
+    return base.mlp_apply(params, x, jnp.tanh)
 
 
 def pair(kind: str = "classification", seed: int = 0, n: int = 24, widths=(4, 6, 3)) -> Pair:

@@ -37,7 +37,7 @@ def build(settings: torch_task.Settings, seed: int) -> JaxProblem:
     x_train, y_train = map(to_jax, problem.train_examples)
     # the torch problem keeps its test set inside evaluate: rebuilt with the same function
     data = load_mnist(settings.data_dir)
-    test = torch_task._tensors(
+    test = torch_task.split_tensors(
         data["test_images"], data["test_labels"], settings.test_size, cpu, dtype_of(settings.dtype)
     )
     x_test, y_test = map(to_jax, test)

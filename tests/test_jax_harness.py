@@ -5,12 +5,18 @@ from a checkpoint, an infeasible pairing refused before it trains."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+from pathlib import Path
 
 import jax
 import pytest
 from test_checkpoint import SMOKE, assert_same_results, stop_and_resume
 
+import hessbench
 from hessbench.workflows.harness import run_cell
+
+REPO = Path(hessbench.__file__).parent
 
 TINY = {"hidden": [2], "train_size": 256, "test_size": 128, "steps": 6, "eval_every": 3,
         "batch_size": 32, "dtype": "float64"}  # fmt: skip
@@ -51,6 +57,9 @@ def test_a_jax_cell_follows_its_torch_cell_in_float64(tmp_path, optimizer):
         assert jax_cell[key] == pytest.approx(torch_cell[key], rel=1e-8), key
     assert jax_cell["provenance"]["versions"]["jax"] == jax.__version__
     assert jax_cell["timed_steps"] == 6 and jax_cell["wall_s"] > 0
+    # what a jax process reads when it starts: the cell's one thread for XLA and for LAPACK
+    assert "intra_op_parallelism_threads=1" in os.environ["XLA_FLAGS"]
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
 
 
 def test_a_jax_cell_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -63,3 +72,14 @@ def test_a_jax_cell_too_big_for_dense_newton_is_infeasible(tmp_path):
     cell = mnist_cell("newton", "jax", hidden=[4096])
     summary = run_cell(cell, tmp_path / "c", tmp_path, track=False)
     assert summary["status"] == "infeasible" and "dense Newton" in summary["reason"]
+
+
+def test_the_backends_benchmark_times_both_trainers_on_the_same_steps():
+    spec = importlib.util.spec_from_file_location("backends", REPO / "benchmarks" / "backends.py")
+    backends = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backends)
+    row = backends.compare(SMOKE, "mnist_mlp", "hf_gn", steps=4, warmup=1)
+    for backend in ("torch", "jax"):
+        assert row[f"{backend} median ms"] > 0 and row[f"{backend} products/step"] > 0
+    assert row["jax ÷ torch (median)"] == row["jax median ms"] / row["torch median ms"]
+    assert row["jax compile s"] > 0

@@ -225,3 +225,18 @@ def test_snakemake_paper_target_runs_the_paper_rule(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"^paper_figures\s+1$", done.stdout, re.M), done.stdout[-3000:]
     assert "results/smoke/paper/paper_seed002_adahessian_cost.md" in done.stdout
+
+
+def test_the_paper_outputs_read_the_torch_cells_only(tmp_path):
+    same = {"task_module": "mnist_mlp", "n_params": 100, "steps_done": 100}
+    cells = [cell("m", "sgd", mean_step_s=0.5e-3, **same),
+             cell("m", "adamw", mean_step_s=1e-3, **same),
+             cell("m", "adahessian", lr=0.05, mean_step_s=2.5e-3, total_hvp=100, **same),
+             # a (made-up) jax AdamW 9x slower: the papers' ratios must not see it
+             cell("m", "adamw", backend="jax", mean_step_s=9e-3, **same)]  # fmt: skip
+    pd.DataFrame(cells).to_parquet(tmp_path / "s.parquet")
+    rows(cells).to_parquet(tmp_path / "r.parquet")
+    args = ["--runs", str(tmp_path / "r.parquet"), "--summaries", str(tmp_path / "s.parquet")]
+    assert paper.main([*args, "--out-dir", str(tmp_path / "paper")]) == 0
+    markdown = (tmp_path / "paper" / "paper_seed002_adahessian_cost.md").read_text()
+    assert re.search(r"\| adahessian \| m .*\|\s+2\.5 \|\s+5 \|", markdown)

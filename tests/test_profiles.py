@@ -88,6 +88,15 @@ def test_profile_parses_and_builds_the_smoke_dag(name, dry_runs):
     assert re.search(r"^total\s+\d+$", output, re.M)
 
 
+def test_an_entry_on_two_backends_is_configured_for_its_seeds_not_its_cells(dry_runs):
+    # the leaderboard ranks an entry only with every configured seed: mnist_mlp's hf_gn runs
+    # seeds 0 and 1 on torch and on jax, 2 seeds per entry (4 would leave both unranked)
+    found = re.search(r"leaderboard .*--seeds-configured '(\{.*?\})'", dry_runs["local"])
+    seeds = json.loads(found.group(1))
+    assert seeds["mnist_mlp/hf_gn"] == 2 and seeds["pinn_reaction/nncg_alone"] == 2
+    assert seeds["gpt2/adamw"] == 1
+
+
 def test_gpu_profile_gives_every_cell_the_one_gpu(dry_runs):
     settings = yaml.safe_load((REPO / "workflows" / "profiles" / "gpu" / "config.yaml").read_text())
     assert settings["resources"] == {"gpu": 1}  # the machine's one GPU...

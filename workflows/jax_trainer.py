@@ -59,8 +59,7 @@ class JaxTrainer:
         self.optimizer = registry.build(cell.impl, cell.hyperparameters, cell.seed)
         self.params = problem.params
         self.n_params = sum(leaf.size for leaf in jax.tree.leaves(self.params))
-        # strong dtypes throughout, so a state restored from a checkpoint fits the compiled step
-        self.state = _strong(jax, self.optimizer.init(self.params))
+        self.state = self.optimizer.init(self.params)
         self._lr = cell.hyperparameters.get("lr", _default(registry.factory(cell.impl), "lr"))
 
         def train_step(params, state, batch):
@@ -78,7 +77,7 @@ class JaxTrainer:
                 loss_fn=problem.loss_fn,
                 batch=batch,
             )
-            return optax.apply_updates(params, updates), _strong(jax, state)
+            return optax.apply_updates(params, updates), state
 
         first = next(problem.batches)
         self.batches = itertools.chain([first], problem.batches)
@@ -143,10 +142,6 @@ class JaxTrainer:
     def skip_batches(self, n: int) -> None:
         for _ in range(n):
             next(self.batches)
-
-
-def _strong(jax, tree):
-    return jax.tree.map(lambda leaf: leaf.astype(leaf.dtype), tree)
 
 
 def _default(factory, name: str):

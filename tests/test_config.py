@@ -53,6 +53,7 @@ def test_jax_runs_the_twins_on_its_tasks_and_says_what_runs_on_torch_only(config
     message = plan.torch_only_message()
     assert "gpt2" in message and "rt_tiny" in message  # tasks without a jax version
     assert "'adamw'" in message and "'adam_lbfgs_nncg'" in message  # no twin; a chain
+    assert message.endswith("their cells are not run on jax")  # torch may not run them either
     assert resolve({**config, "backends": ["torch"]}).torch_only_message() is None
 
 

@@ -76,7 +76,8 @@ class Plan:
         for backend, missing in sorted(self.torch_only.items()):
             lines.append(
                 f"{backend} has no version of tasks {sorted(missing['tasks']) or '-'} and "
-                f"optimizers {sorted(missing['optimizers']) or '-'}: their cells run on torch only"
+                f"optimizers {sorted(missing['optimizers']) or '-'}: "
+                f"their cells are not run on {backend}"
             )
         return "\n".join(lines) or None
 

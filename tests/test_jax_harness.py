@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -57,9 +59,31 @@ def test_a_jax_cell_follows_its_torch_cell_in_float64(tmp_path, optimizer):
         assert jax_cell[key] == pytest.approx(torch_cell[key], rel=1e-8), key
     assert jax_cell["provenance"]["versions"]["jax"] == jax.__version__
     assert jax_cell["timed_steps"] == 6 and jax_cell["wall_s"] > 0
-    # what a jax process reads when it starts: the cell's one thread for XLA and for LAPACK
-    assert "intra_op_parallelism_threads=1" in os.environ["XLA_FLAGS"]
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # the cell's one thread for LAPACK
+
+
+POOL = """
+import os, sys
+from hessbench.workflows.jax_trainer import start_jax
+allowed = os.sched_getaffinity(0)
+start_jax(int(sys.argv[1]))
+tasks = os.listdir("/proc/self/task")
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
+restored = all(os.sched_getaffinity(int(t)) == allowed for t in tasks)
+print(names.count("tf_XLAEigen"), restored, os.environ["OPENBLAS_NUM_THREADS"])
+"""
+
+
+def test_a_fresh_jax_process_runs_its_programs_on_the_cells_threads_and_any_core():
+    cores = len(os.sched_getaffinity(0))
+    for threads in sorted({1, cores}):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        run = subprocess.run(
+            [sys.executable, "-c", POOL, str(threads)], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        # XLA's intra-op pool: one thread per core the process could use when jax started
+        assert run.stdout.split() == [str(threads), "True", str(threads)], (threads, cores)
 
 
 def test_a_jax_cell_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):

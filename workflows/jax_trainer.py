@@ -6,15 +6,20 @@ is built: ``compile_s`` is that compilation, kept out of the step time. Each ste
 its results are ready, so the harness's clock charges it its own work. Oracle counts come from
 the twin's state, where the shared ``optimizers/jax/objective.py`` accumulates them.
 
-XLA's CPU backend uses every core by default; the cell's ``threads`` caps it (as
-``torch.set_num_threads`` does torch's) through ``XLA_FLAGS``, and the LAPACK that jax's dense
-factorisations call (scipy's OpenBLAS) through ``OPENBLAS_NUM_THREADS``: left to its default
-beside single-threaded XLA, a 3000 x 3000 Cholesky took 3.6 s instead of 0.09 s. Both are read
-once, when jax first starts: a process that already runs jax keeps its setting.
+XLA's CPU client runs each program on an intra-op pool with one thread per core the process
+may use, and no flag or option of jax 0.10 sizes it (``intra_op_parallelism_threads`` in
+``XLA_FLAGS`` is ignored: a PINN cell with ``threads: 1`` kept two cores busy, 1.84 s of CPU
+per second). :func:`start_jax` therefore starts the client while the process may use only
+``threads`` cores, then gives every thread back the cores it had, so the pool has ``threads``
+threads and the OS still places the cell on any core. The LAPACK behind jax's factorisations
+(scipy's OpenBLAS) is capped by ``OPENBLAS_NUM_THREADS``: left to its default, a 3000 x 3000
+Cholesky took 3.6 s instead of 0.09 s. Both take effect when jax first starts in a process; a
+process that already runs jax keeps its pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -27,21 +32,29 @@ from .config import Cell
 from .measure import peak_memory_bytes, reset_peak_memory
 
 
-def _xla_threads(threads: int) -> None:
-    if threads == 1:
-        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    else:
-        flags = f"intra_op_parallelism_threads={threads}"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+def start_jax(threads: int):
+    """Import jax and start its CPU client with an intra-op pool of ``threads`` threads."""
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if allowed is not None and threads < len(allowed):
+        os.sched_setaffinity(0, sorted(allowed)[:threads])
+    try:
+        import jax
+
+        jax.devices()  # creates the clients, and with the CPU one its pool
+    finally:
+        if allowed is not None:
+            for tid in os.listdir("/proc/self/task"):  # the pool's threads inherited the cap
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(tid), allowed)
+    return jax
 
 
 class JaxTrainer:
     def __init__(self, cell: Cell, settings, device):
-        _xla_threads(cell.threads)
         if cell.device == "cpu":
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        import jax
+        jax = start_jax(cell.threads)
         import optax
 
         from hessbench.optimizers.jax import registry

@@ -1,6 +1,7 @@
 """Name -> jax twin. The names are the torch registry's; a cell of backend ``jax`` runs the
 twin of its entry's ``impl``, with the same hyperparameters (checked by the torch registry when
-the config is read, since names and defaults are the same: tests/test_jax_registry.py).
+the config is read, since names and defaults are the same: the parity tests compare the
+signatures).
 
 The factories are imported on first use: the config and the Snakefile read ``TWINS`` for every
 DAG and should not pay for importing jax.

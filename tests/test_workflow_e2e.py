@@ -70,9 +70,10 @@ def test_every_cell_ran_and_only_the_diverging_one_failed(smoke):
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     optimizers = set(config["optimizers"]) | {"sgd_diverge"}
     assert {"newton", "damped_newton", "newton_cg", "hf_gn"} <= optimizers
-    crossed = {("mnist_mlp", o, s) for o in optimizers for s in (0, 1)}
+    own = config["scales"]["smoke"]["optimizer_settings"]
+    crossed = {("mnist_mlp", o, s) for o in optimizers for s in own.get(o, {}).get("seeds", (0, 1))}
     pinn = set(config["scales"]["smoke"]["tasks"]["pinn_reaction"]["optimizers"]) - {"nncg"}
-    crossed |= {("pinn_reaction", o, s) for o in pinn for s in (0, 1)}
+    crossed |= {("pinn_reaction", o, s) for o in pinn for s in own.get(o, {}).get("seeds", (0, 1))}
     smoke_tasks = config["scales"]["smoke"]["tasks"]
     for task in ("gpt2", "rt_tiny", "rt_tiny_lora", "rt_tiny_prefix"):  # one seed each
         crossed |= {(task, o, 0) for o in smoke_tasks[task]["optimizers"]}

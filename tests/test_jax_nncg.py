@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from test_nncg import BAD_HYPERPARAMETERS
 
 from hessbench.optimizers.jax.cg import conjugate_gradient
 from hessbench.optimizers.jax.nncg import nncg
@@ -347,23 +348,7 @@ def test_no_seed_means_seed_zero():
     assert not bool(jnp.all(nncg().init(x).key == nncg(seed=1).init(x).key))
 
 
-@pytest.mark.parametrize(
-    "name, value",
-    [
-        ("lr", 0.0),
-        ("rank", 0),
-        ("rank", 2.5),
-        ("update_freq", 0),
-        ("damping", 0.0),
-        ("cg_max_iter", 0),
-        ("cg_tol", 1.0),
-        ("alpha", 0.0),
-        ("alpha", 1.0),
-        ("beta", 0.0),
-        ("beta", 1.0),
-        ("max_trials", 0),
-    ],
-)
+@pytest.mark.parametrize("name, value", BAD_HYPERPARAMETERS)
 def test_bad_hyperparameters_are_named(name, value):
     with pytest.raises(ValueError, match=name):
         nncg(**{name: value})

@@ -294,23 +294,24 @@ def test_no_step_without_a_descent_direction():
 
 
 # -- configuration ---
-@pytest.mark.parametrize(
-    "name, value",
-    [
-        ("lr", 0.0),
-        ("rank", 0),
-        ("rank", 2.5),
-        ("update_freq", 0),
-        ("damping", 0.0),
-        ("cg_max_iter", 0),
-        ("cg_tol", 1.0),
-        ("alpha", 0.0),
-        ("alpha", 1.0),
-        ("beta", 0.0),
-        ("beta", 1.0),
-        ("max_trials", 0),
-    ],
-)
+# each a hyperparameter the torch class and its jax twin refuse, naming it
+BAD_HYPERPARAMETERS = [
+    ("lr", 0.0),
+    ("rank", 0),
+    ("rank", 2.5),
+    ("update_freq", 0),
+    ("damping", 0.0),
+    ("cg_max_iter", 0),
+    ("cg_tol", 1.0),
+    ("alpha", 0.0),
+    ("alpha", 1.0),
+    ("beta", 0.0),
+    ("beta", 1.0),
+    ("max_trials", 0),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_HYPERPARAMETERS)
 def test_bad_hyperparameters_are_named(name, value):
     with pytest.raises(ValueError, match=name):
         NNCG([nn.Parameter(torch.zeros(2))], **{name: value})

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..torch.hessian_free import PRECONDITIONER_EXPONENT
+from ..torch.base import check_lr
+from ..torch.hessian_free import PRECONDITIONER_EXPONENT, check_hyperparameters
 from .cg import conjugate_gradient
 from .linesearch import armijo, levenberg_marquardt, reduction_ratio
 from .objective import Counts, Objective
@@ -49,16 +50,16 @@ def _hessian_free(
     precondition: bool,
     curvature_fraction: float,
 ) -> optax.GradientTransformationExtraArgs:
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not damping >= 0 or (adaptive and damping == 0):
-        raise ValueError(f"damping must be >= 0 (> 0 when adaptive), got {damping}")
-    if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-        raise ValueError(f"cg_max_iter must be a positive integer, got {cg_max_iter!r}")
-    if not (0 <= cg_tol < 1 and 0 <= warm_start < 1 and 0 < curvature_fraction <= 1):
-        raise ValueError("need 0 <= cg_tol < 1, 0 <= warm_start < 1, 0 < curvature_fraction <= 1")
-    if progress_eps is not None and not progress_eps > 0:
-        raise ValueError(f"progress_eps must be > 0 or None, got {progress_eps}")
+    check_lr(lr)
+    check_hyperparameters(
+        damping=damping,
+        adaptive=adaptive,
+        cg_max_iter=cg_max_iter,
+        cg_tol=cg_tol,
+        progress_eps=progress_eps,
+        warm_start=warm_start,
+        curvature_fraction=curvature_fraction,
+    )
     # the full step's loss is known before the line search (it reuses it) in these modes
     full_step_known = backtrack or adaptive
 

@@ -15,7 +15,8 @@ import optax
 import psutil
 from jax.flatten_util import ravel_pytree
 
-from ..torch.newton import HESSIAN_COPIES
+from ..torch.base import check_lr
+from ..torch.newton import HESSIAN_COPIES, check_damping
 from ..torch.objective import Infeasible
 from .linesearch import levenberg_marquardt, reduction_ratio
 from .objective import Counts, Objective
@@ -65,12 +66,8 @@ def damped_newton(
     adaptive: bool = True,
     memory_fraction: float = 0.5,
 ) -> optax.GradientTransformationExtraArgs:
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
-    if adaptive and damping == 0:
-        raise ValueError("adaptive damping needs damping > 0 to start from (it scales it)")
+    check_lr(lr)
+    check_damping(damping, adaptive)
 
     def init(params) -> NewtonState:
         theta, _ = ravel_pytree(params)

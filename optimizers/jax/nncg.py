@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..torch.nncg import _positive_int
+from ..torch.base import check_lr
+from ..torch.nncg import check_hyperparameters
 from .cg import conjugate_gradient
 from .linesearch import armijo
 from .nystrom import NystromApprox, columnwise, inverse, nystrom
@@ -63,23 +64,8 @@ def nncg(
 ) -> optax.GradientTransformationExtraArgs:
     """NysNewton-CG with the torch class's hyperparameters and checks. ``seed=None`` seeds
     the key with 0: the harness passes the cell's seed instead."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    for name, value in [
-        ("rank", rank),
-        ("update_freq", update_freq),
-        ("cg_max_iter", cg_max_iter),
-        ("max_trials", max_trials),
-    ]:
-        _positive_int(name, value)
-    if not damping > 0:
-        raise ValueError(f"damping must be > 0, got {damping}")
-    if not 0 <= cg_tol < 1:
-        raise ValueError(f"cg_tol must be in [0, 1), got {cg_tol}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not 0 < beta < 1:
-        raise ValueError(f"beta must be in (0, 1), got {beta}")
+    check_lr(lr)
+    check_hyperparameters(rank, update_freq, damping, cg_max_iter, cg_tol, alpha, beta, max_trials)
     mu = float(damping)
 
     def init(params) -> NNCGState:

@@ -10,14 +10,18 @@ import torch
 from .objective import Objective
 
 
+def check_lr(lr) -> None:
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+
+
 class ObjectiveOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose ``step`` takes an :class:`Objective` (not a bare
     closure) over the same parameters. Its methods precondition the whole parameter vector, so
     it takes a single parameter group; ``lr`` is read from it at every step (schedulers work)."""
 
     def __init__(self, params, defaults: dict[str, Any]):
-        if not defaults.get("lr", 1.0) > 0:
-            raise ValueError(f"lr must be > 0, got {defaults['lr']}")
+        check_lr(defaults.get("lr", 1.0))
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise ValueError(f"{type(self).__name__} takes one parameter group")

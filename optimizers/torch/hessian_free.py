@@ -37,6 +37,19 @@ from .objective import Objective
 PRECONDITIONER_EXPONENT = 0.75  # Martens (2010), section 4.7
 
 
+def check_hyperparameters(
+    *, damping, adaptive, cg_max_iter, cg_tol, progress_eps, warm_start, curvature_fraction
+) -> None:
+    if not damping >= 0 or (adaptive and damping == 0):
+        raise ValueError(f"damping must be >= 0 (> 0 when adaptive), got {damping}")
+    if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
+        raise ValueError(f"cg_max_iter must be a positive integer, got {cg_max_iter!r}")
+    if not (0 <= cg_tol < 1 and 0 <= warm_start < 1 and 0 < curvature_fraction <= 1):
+        raise ValueError("need 0 <= cg_tol < 1, 0 <= warm_start < 1, 0 < curvature_fraction <= 1")
+    if progress_eps is not None and not progress_eps > 0:
+        raise ValueError(f"progress_eps must be > 0 or None, got {progress_eps}")
+
+
 class HessianFree(ObjectiveOptimizer):
     def __init__(
         self,
@@ -56,16 +69,15 @@ class HessianFree(ObjectiveOptimizer):
     ):
         if curvature not in ("hessian", "ggn"):
             raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
-        if not damping >= 0 or (adaptive and damping == 0):
-            raise ValueError(f"damping must be >= 0 (> 0 when adaptive), got {damping}")
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"cg_max_iter must be a positive integer, got {cg_max_iter!r}")
-        if not (0 <= cg_tol < 1 and 0 <= warm_start < 1 and 0 < curvature_fraction <= 1):
-            raise ValueError(
-                "need 0 <= cg_tol < 1, 0 <= warm_start < 1, 0 < curvature_fraction <= 1"
-            )
-        if progress_eps is not None and not progress_eps > 0:
-            raise ValueError(f"progress_eps must be > 0 or None, got {progress_eps}")
+        check_hyperparameters(
+            damping=damping,
+            adaptive=adaptive,
+            cg_max_iter=cg_max_iter,
+            cg_tol=cg_tol,
+            progress_eps=progress_eps,
+            warm_start=warm_start,
+            curvature_fraction=curvature_fraction,
+        )
         super().__init__(params, dict(lr=lr))
         self.curvature = curvature
         self.adaptive, self.backtrack, self.precondition = adaptive, backtrack, precondition

@@ -52,6 +52,13 @@ def newton_direction(matrix: Tensor, g: Tensor) -> tuple[Tensor, int]:
     return direction, int((eigenvalues < -cutoff).sum())
 
 
+def check_damping(damping, adaptive: bool) -> None:
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    if adaptive and damping == 0:
+        raise ValueError("adaptive damping needs damping > 0 to start from (it scales it)")
+
+
 class DampedNewton(ObjectiveOptimizer):
     """Newton's method with damping ``lambda`` (0: plain Newton).
 
@@ -70,10 +77,7 @@ class DampedNewton(ObjectiveOptimizer):
         adaptive: bool = True,
         memory_fraction: float = 0.5,
     ):
-        if not damping >= 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
-        if adaptive and damping == 0:
-            raise ValueError("adaptive damping needs damping > 0 to start from (it scales it)")
+        check_damping(damping, adaptive)
         super().__init__(params, dict(lr=lr))
         self.adaptive = adaptive
         first = self.flat_params[0]

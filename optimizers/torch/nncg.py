@@ -55,6 +55,27 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_hyperparameters(
+    rank, update_freq, damping, cg_max_iter, cg_tol, alpha, beta, max_trials
+) -> None:
+    for name, value in [
+        ("rank", rank),
+        ("update_freq", update_freq),
+        ("cg_max_iter", cg_max_iter),
+        ("max_trials", max_trials),
+    ]:
+        _positive_int(name, value)
+    # mu > 0 keeps the preconditioner defined (Lambda + mu > 0 with Lambda = 0)
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping}")
+    if not 0 <= cg_tol < 1:
+        raise ValueError(f"cg_tol must be in [0, 1), got {cg_tol}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0 < beta < 1:
+        raise ValueError(f"beta must be in (0, 1), got {beta}")
+
+
 class NNCG(RandomizedOptimizer):
     """NysNewton-CG (module docstring). Defaults are the paper's: lr (eta) 1, rank (s) 60,
     update_freq (F) 20, CG tolerance 1e-16 and at most 1000 iterations (M), Armijo alpha 0.1 and
@@ -74,22 +95,9 @@ class NNCG(RandomizedOptimizer):
         max_trials: int = 20,
         seed: int | None = None,
     ):
-        for name, value in [
-            ("rank", rank),
-            ("update_freq", update_freq),
-            ("cg_max_iter", cg_max_iter),
-            ("max_trials", max_trials),
-        ]:
-            _positive_int(name, value)
-        # mu > 0 keeps the preconditioner defined (Lambda + mu > 0 with Lambda = 0)
-        if not damping > 0:
-            raise ValueError(f"damping must be > 0, got {damping}")
-        if not 0 <= cg_tol < 1:
-            raise ValueError(f"cg_tol must be in [0, 1), got {cg_tol}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        if not 0 < beta < 1:
-            raise ValueError(f"beta must be in (0, 1), got {beta}")
+        check_hyperparameters(
+            rank, update_freq, damping, cg_max_iter, cg_tol, alpha, beta, max_trials
+        )
         super().__init__(params, dict(lr=lr), seed)
         self.rank, self.update_freq, self.damping = rank, update_freq, float(damping)
         self.cg_max_iter, self.cg_tol = cg_max_iter, cg_tol

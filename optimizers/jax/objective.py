@@ -5,7 +5,7 @@ ones do, so the objective works on ``x = ravel_pytree(params)[0]``. Curvature co
 loss itself: a Hessian-vector product is forward-over-reverse (``jax.linearize`` of
 ``jax.value_and_grad``: the loss, the gradient and a linear map that costs about one gradient
 per product); a Gauss-Newton product is J v by ``jax.linearize`` of the outputs (jvp), the
-output loss's Hessian on it, then J^T by the transpose of that same linear map.
+output loss's Hessian on it, then J^T by ``jax.vjp``.
 
 Counting: inside ``jit`` an oracle cannot bump a Python counter (a host callback costs ~35 us a
 call, as much as a small product), so every oracle takes the running :class:`Counts` and returns
@@ -99,7 +99,7 @@ class Objective:
         """G = J^T H_out J with J the outputs' Jacobian: no second derivative of the model."""
         targets = self.batch[1] if self.batch is not None else None
         outputs, jvp = jax.linearize(self._outputs, x)
-        vjp = jax.linear_transpose(jvp, x)  # J^T from the same linearisation: one forward
+        _, vjp = jax.vjp(self._outputs, x)
         (loss, out_grad), out_hvp = jax.linearize(
             jax.value_and_grad(lambda o: self.loss_fn(o, targets)), outputs
         )

@@ -112,9 +112,12 @@ def test_task_level_entries_restrict_the_crossing_override_and_resolve_chains(co
     assert "adam" not in {c.optimizer for c in cells if c.task == "mnist_mlp"}
     assert {c.seed for c in cells if c.task == "pinn_wave"} == {0, 1}
     alone = _pinn(cells, "pinn_wave", "nncg_alone")
+    cpu = config["scales"]["cpu"]
+    steps = cpu["optimizer_settings"]["nncg_alone"]["steps"]
+    assert steps != cpu["tasks"]["pinn_wave"]["steps"]  # so the override shows
     assert {(c.backend, c.seed, c.settings["steps"]) for c in alone} == {
-        ("torch", 0, 100),
-        ("jax", 0, 100),
+        ("torch", 0, steps),
+        ("jax", 0, steps),
     }
     reaction = _pinn(cells, "pinn_reaction", "adam_lbfgs_nncg")[0]
     phases = reaction.hyperparameters["phases"]
